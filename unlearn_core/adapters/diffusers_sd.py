@@ -1,0 +1,78 @@
+"""diffusers Stable Diffusion (SD1.x, SD2.x, SDXL) as a :class:`Denoiser`."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor, nn
+
+from ..denoiser import Conditioning, Denoiser
+
+
+def family_of_unet(unet: nn.Module) -> str:
+    """sd1 / sd2 / sdxl from the UNet config (cross-attention width and added conditioning)."""
+    cfg = unet.config
+    if getattr(cfg, "addition_embed_type", None) == "text_time":
+        return "sdxl"
+    return {768: "sd1", 1024: "sd2"}.get(cfg.cross_attention_dim, f"sd-like (context {cfg.cross_attention_dim})")
+
+
+class DiffusersDenoiser(Denoiser):
+    """A diffusers ``UNet2DConditionModel`` with its text encoder(s), tokenizer(s) and scheduler."""
+
+    key_format = "diffusers"
+
+    def __init__(self, unet: nn.Module, text_encoder: nn.Module, tokenizer, scheduler,
+                 text_encoder_2: nn.Module | None = None, tokenizer_2=None):
+        super().__init__()
+        self.net = unet
+        self.text_encoder = text_encoder
+        self.text_encoder_2 = text_encoder_2
+        self.tokenizer = tokenizer
+        self.tokenizer_2 = tokenizer_2
+        self.prediction_type = scheduler.config.prediction_type
+        self.alphas_cumprod = scheduler.alphas_cumprod.float().cpu()
+        self.latent_channels = unet.config.in_channels
+        self.family = family_of_unet(unet)
+        for module in (unet, text_encoder, text_encoder_2):
+            if module is not None:
+                module.requires_grad_(False)
+
+    @classmethod
+    def from_pipeline(cls, pipe) -> "DiffusersDenoiser":
+        return cls(pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.scheduler,
+                   getattr(pipe, "text_encoder_2", None), getattr(pipe, "tokenizer_2", None))
+
+    @classmethod
+    def from_folder(cls, path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype = torch.float32):
+        """Load a diffusers pipeline folder; return (denoiser, pipeline)."""
+        from diffusers import DiffusionPipeline
+
+        if not os.path.isfile(os.path.join(path, "model_index.json")):
+            raise FileNotFoundError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
+        pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, safety_checker=None)
+        pipe.to(device)
+        return cls.from_pipeline(pipe), pipe
+
+    def forward(self, x_t: Tensor, timesteps: Tensor, cond: Conditioning) -> Tensor:
+        added = {"text_embeds": cond["text_embeds"], "time_ids": cond["time_ids"]} if "text_embeds" in cond else None
+        return self.net(x_t, timesteps, encoder_hidden_states=cond["context"], added_cond_kwargs=added).sample
+
+    def _hidden(self, encoder: nn.Module, tokenizer, prompts: list[str], penultimate: bool):
+        ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
+                        truncation=True, return_tensors="pt").input_ids.to(self.device)
+        out = encoder(ids, output_hidden_states=True)
+        return (out.hidden_states[-2] if penultimate else out[0]), out
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str], size: tuple[int, int]) -> Conditioning:
+        if self.text_encoder_2 is None:
+            context, _ = self._hidden(self.text_encoder, self.tokenizer, prompts, penultimate=False)
+            return {"context": context.to(self.dtype)}
+        h1, _ = self._hidden(self.text_encoder, self.tokenizer, prompts, penultimate=True)
+        h2, out2 = self._hidden(self.text_encoder_2, self.tokenizer_2, prompts, penultimate=True)
+        height, width = size
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]] * len(prompts), device=self.device)
+        return {"context": torch.cat([h1, h2], dim=-1).to(self.dtype),
+                "text_embeds": out2.text_embeds.to(self.dtype), "time_ids": time_ids.to(self.dtype)}

@@ -1,0 +1,59 @@
+"""The host-agnostic interface the trainer sees: a denoiser, its noise schedule and its prompt encoder.
+
+Adapters (``unlearn_core.adapters.diffusers_sd``, ``nodes.comfy_adapter``) subclass :class:`Denoiser`.
+Everything is in DDPM terms: ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` with integer timesteps
+``t`` in ``[0, T)``, and the network returns epsilon or v according to ``prediction_type``.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+from torch import Tensor, nn
+
+Conditioning = Dict[str, Tensor]
+"""Batch-first tensors the network needs besides x_t and t, e.g. ``{"context": [B, 77, 768]}``."""
+
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+class Denoiser(nn.Module):
+    """A noise-prediction network ``net`` plus what the trainer needs to drive it.
+
+    Trained tensors are named by their path inside ``net`` (``net.named_parameters()``); the trainer
+    substitutes them with :func:`torch.func.functional_call`, so ``net`` itself is never modified.
+    """
+
+    net: nn.Module
+    prediction_type: str
+    alphas_cumprod: Tensor  # [T], float32, on CPU
+    latent_channels: int
+    family: str  # "sd1", "sd2", "sdxl", ...: names the model in errors and in erasure metadata
+    key_format: str  # how ``net``'s parameter names are spelled: "diffusers" or "ldm"
+
+    def forward(self, x_t: Tensor, timesteps: Tensor, cond: Conditioning) -> Tensor:
+        """Model output (epsilon or v) for noisy latents ``x_t`` [B, C, H, W] at integer ``timesteps`` [B]."""
+        raise NotImplementedError
+
+    def encode_prompts(self, prompts: list[str], size: tuple[int, int]) -> Conditioning:
+        """Conditioning for ``prompts`` at image ``size`` (height, width in pixels)."""
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.net.parameters()).dtype
+
+
+def cat_cond(conds: list[Conditioning]) -> Conditioning:
+    """Concatenate conditionings along the batch dimension."""
+    return {k: torch.cat([c[k] for c in conds]) for k in conds[0]}
+
+
+def index_cond(cond: Conditioning, index: Tensor) -> Conditioning:
+    """Rows ``index`` of every conditioning tensor."""
+    return {k: v[index.to(v.device)] for k, v in cond.items()}

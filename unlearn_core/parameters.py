@@ -1,0 +1,110 @@
+"""Which tensors an erasure trains (one registry), and the trainable deltas on top of them.
+
+Names follow the network's own ``named_parameters()``; the cross-attention of both the diffusers and
+the ldm/ComfyUI spelling of the Stable Diffusion UNet is ``...attn2.to_{q,k,v,out.0}``, and its
+self-attention ``...attn1...``, so one set of rules serves both.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+Rule = Callable[[str], bool]
+
+
+def _cross_attention_kv(name: str) -> bool:
+    """ESD-x-strict / Concept Ablation: cross-attention key and value projections."""
+    return ".attn2.to_k." in name or ".attn2.to_v." in name
+
+
+def _cross_attention(name: str) -> bool:
+    """ESD-x: every cross-attention tensor (q, k, v, out)."""
+    return ".attn2." in name
+
+
+def _all_attention(name: str) -> bool:
+    """Self- and cross-attention tensors."""
+    return ".attn1." in name or ".attn2." in name
+
+
+def _not_cross_attention(name: str) -> bool:
+    """ESD-u: everything but cross-attention (and the timestep/class embeddings)."""
+    return ".attn2." not in name and not name.startswith(("time_embed", "time_embedding", "label_emb", "add_embedding"))
+
+
+def _everything(name: str) -> bool:
+    """Every tensor of the network."""
+    return True
+
+
+PARAMETER_SETS: dict[str, Rule] = {
+    "cross_attn_kv": _cross_attention_kv,
+    "cross_attn": _cross_attention,
+    "attn": _all_attention,
+    "non_cross_attn": _not_cross_attention,
+    "full": _everything,
+}
+
+
+def select_parameters(net: nn.Module, parameter_set: str) -> list[str]:
+    """Names of the tensors of ``net`` that ``parameter_set`` trains, in ``named_parameters`` order."""
+    if parameter_set not in PARAMETER_SETS:
+        raise ValueError(f"unknown parameter set {parameter_set!r}; choose one of {', '.join(PARAMETER_SETS)}")
+    rule = PARAMETER_SETS[parameter_set]
+    names = [name for name, _ in net.named_parameters() if rule(name)]
+    if not names:
+        raise ValueError(
+            f"parameter set {parameter_set!r} matches no tensor of this network: it has no "
+            "'attn2' cross-attention layers, so it is not a Stable Diffusion-style UNet"
+        )
+    return names
+
+
+class WeightDeltas(nn.Module):
+    """Trainable additive updates ``W = W0 + delta`` for a set of named tensors, kept in float32.
+
+    ``rank == 0`` trains full deltas; ``rank > 0`` trains a LoRA ``delta = (alpha / rank) up @ down``
+    (``up`` starts at zero, so the initial model is the original) for tensors with two or more
+    dimensions, and full deltas for 1-D tensors (biases, norms).
+    """
+
+    def __init__(self, originals: dict[str, Tensor], rank: int = 0, alpha: float | None = None,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        self.names = list(originals)
+        self.shapes = {n: tuple(t.shape) for n, t in originals.items()}
+        self.rank = rank
+        self.alpha = float(alpha if alpha is not None else rank)
+        self.full = nn.ParameterDict()
+        self.up = nn.ParameterDict()
+        self.down = nn.ParameterDict()
+        for i, (name, w) in enumerate(originals.items()):
+            key = str(i)
+            if rank > 0 and w.dim() >= 2:
+                fan_in = math.prod(w.shape[1:])
+                r = min(rank, w.shape[0], fan_in)
+                down = torch.randn(r, fan_in, generator=generator) / math.sqrt(fan_in)
+                self.down[key] = nn.Parameter(down.to(w.device))
+                self.up[key] = nn.Parameter(torch.zeros(w.shape[0], r, device=w.device))
+            else:
+                self.full[key] = nn.Parameter(torch.zeros(w.shape, device=w.device, dtype=torch.float32))
+
+    def delta(self, index: int) -> Tensor:
+        """The float32 update of tensor ``index``: the full delta, or (alpha / rank) up @ down reshaped."""
+        key = str(index)
+        if key in self.full:
+            return self.full[key]
+        up, down = self.up[key], self.down[key]
+        return (self.alpha / up.shape[1]) * (up @ down).view(self.shapes[self.names[index]])
+
+    def deltas(self) -> dict[str, Tensor]:
+        """Every update, by tensor name (float32, still attached to the autograd graph)."""
+        return {name: self.delta(i) for i, name in enumerate(self.names)}
+
+    def apply_to(self, originals: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``W0 + delta`` for every tensor, in the originals' dtype (what ``functional_call`` receives)."""
+        return {name: originals[name] + self.delta(i).to(originals[name].dtype) for i, name in enumerate(self.names)}

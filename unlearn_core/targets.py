@@ -1,0 +1,59 @@
+"""What the erased model's prediction for the target prompt is pulled towards (one registry).
+
+Each mode lists the conditionings the frozen model is evaluated on (all in one batched forward at the
+same x_t) and combines those frozen outputs into the regression target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import Tensor
+
+from .denoiser import Conditioning
+
+
+@dataclass(frozen=True)
+class PromptBank:
+    """Encoded prompts, one row per prompt pair (``uncond`` has one row per pair too)."""
+
+    target: Conditioning
+    anchor: Conditioning
+    erase_from: Conditioning
+    uncond: Conditioning
+
+
+@dataclass(frozen=True)
+class TargetMode:
+    name: str
+    frozen_terms: Callable[[PromptBank], list[Conditioning]]
+    combine: Callable[[list[Tensor], float], Tensor]
+    description: str
+
+
+def _anchor_terms(bank: PromptBank) -> list[Conditioning]:
+    return [bank.anchor]
+
+
+def _anchor_combine(outputs: list[Tensor], eta: float) -> Tensor:
+    """target = eps_frozen(x_t, c_anchor)."""
+    return outputs[0]
+
+
+def _guidance_terms(bank: PromptBank) -> list[Conditioning]:
+    return [bank.erase_from, bank.target, bank.uncond]
+
+
+def _guidance_combine(outputs: list[Tensor], eta: float) -> Tensor:
+    """target = eps_frozen(x_t, c_from) - eta (eps_frozen(x_t, c*) - eps_frozen(x_t, empty))."""
+    from_, target, uncond = outputs
+    return from_ - eta * (target - uncond)
+
+
+TARGET_MODES: dict[str, TargetMode] = {
+    "anchor": TargetMode("anchor", _anchor_terms, _anchor_combine,
+                         "Concept Ablation / f-DMU: the original model's prediction for the anchor prompt"),
+    "negative_guidance": TargetMode("negative_guidance", _guidance_terms, _guidance_combine,
+                                    "ESD: the original prediction steered away from the target by eta"),
+}

@@ -1,0 +1,310 @@
+"""The erasure loop: pull the trained model's prediction for each target prompt onto a frozen target.
+
+Per step, for a batch of (x_t, t, prompt pair):
+
+    target = frozen terms combined by the target mode     (one batched forward, no autograd)
+    pred   = trained net(x_t, t, target prompt)           (one batched forward with the keep prompts)
+    S_i    = squared_error(pred_i, target_i)              (channel sum, spatial mean)
+    loss   = mean_i divergence.loss(w_t S_i / sigma^2)  +  preservation_weight * mean S_keep
+
+The frozen model is the same network evaluated without the deltas: only the trained tensors are
+duplicated, and the input network is never modified (``torch.func.functional_call``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+from torch.func import functional_call
+
+from .concepts import ConceptSet
+from .denoiser import Conditioning, Denoiser, cat_cond, index_cond
+from .divergences import (
+    VARIATIONAL,
+    Critic,
+    critic_loss,
+    erasure_loss,
+    generator_loss,
+    get_closed_form,
+    kl_timestep_weight,
+    squared_error,
+)
+from .erasure import Erasure, fingerprint, new_metadata
+from .parameters import WeightDeltas, select_parameters
+from .samples import build_pool
+from .targets import TARGET_MODES, PromptBank
+
+VARIATIONAL_PREFIX = "variational_"
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def divergence_names() -> list[str]:
+    """Every divergence the trainer accepts: closed forms, ``alpha`` (with ``alpha``), and variational ones."""
+    from .divergences import CLOSED_FORM
+
+    return list(CLOSED_FORM) + ["alpha"] + [VARIATIONAL_PREFIX + n for n in VARIATIONAL]
+
+
+@dataclass
+class EraseConfig:
+    divergence: str = "hellinger"
+    alpha: float = 0.5  # used by divergence "alpha"
+    sigma: float = 1.0  # scale of the closed forms: r = S / sigma^2
+    timestep_weight: str = "none"  # "none" or "kl" (exact per-timestep KL weight, mean 1)
+    target_mode: str = "anchor"  # see targets.TARGET_MODES
+    guidance_eta: float = 1.0  # negative_guidance strength
+    erase_from: str = ""  # negative_guidance: erase the target from this prompt (default: the target)
+    parameter_set: str = "cross_attn_kv"
+    lora_rank: int = 0  # 0: full deltas
+    steps: int = 200
+    learning_rate: float = 1e-4
+    batch_size: int = 2
+    grad_accumulation: int = 1
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    weight_decay: float = 1e-2
+    resolution: int = 512  # pixels; the latent is resolution / 8
+    x_source: str = "anchor_samples"  # anchor_samples | trajectory | latents
+    num_samples: int = 8
+    sample_steps: int = 20
+    sample_guidance: float = 6.0
+    timestep_sampling: str = "uniform"
+    preservation_weight: float = 1.0
+    seed: int = 0
+    precision: str = "fp32"  # autocast dtype on GPU: fp32, bf16 or fp16 (master weights stay fp32)
+    critic_lr: float = 1e-4
+    critic_warmup: int = 30
+    log_every: int = 1  # host-device sync (loss, S, grad norm, finiteness check) every N steps
+
+
+@dataclass
+class StepInfo:
+    phase: str  # "sampling", "critic_warmup" or "training"
+    step: int  # 1-based within the phase
+    total: int
+    loss: float = math.nan
+    mean_s: float = math.nan  # mean S of the erasure terms (before sigma)
+    keep_s: float = math.nan  # mean S of the preservation terms
+    grad_norm: float = math.nan
+
+
+class ErasureDiverged(RuntimeError):
+    """The loss or the gradients became NaN/inf."""
+
+
+def _check_config(config: EraseConfig) -> None:
+    if config.target_mode not in TARGET_MODES:
+        raise ValueError(f"unknown target mode {config.target_mode!r}; choose one of {', '.join(TARGET_MODES)}")
+    if config.precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if config.timestep_weight not in ("none", "kl"):
+        raise ValueError("timestep_weight must be 'none' or 'kl'")
+    for name in ("steps", "batch_size", "grad_accumulation", "resolution", "num_samples", "sample_steps", "log_every"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be at least 1, got {getattr(config, name)}")
+    if config.resolution % 8:
+        raise ValueError(f"resolution must be a multiple of 8 pixels, got {config.resolution}")
+    if config.sigma <= 0 or config.learning_rate <= 0:
+        raise ValueError("sigma and learning_rate must be positive")
+
+
+class Eraser:
+    """Runs one erasure of a concept set on a denoiser; see the module docstring for the loss."""
+
+    def __init__(self, denoiser: Denoiser, concepts: ConceptSet, config: EraseConfig,
+                 user_latents: Tensor | None = None, callback: Callable[[StepInfo], None] | None = None):
+        _check_config(config)
+        self.denoiser = denoiser
+        self.concepts = concepts
+        self.config = config
+        self.user_latents = user_latents
+        self.callback = callback or (lambda info: None)
+        self.variational = config.divergence.startswith(VARIATIONAL_PREFIX)
+        if self.variational:
+            name = config.divergence[len(VARIATIONAL_PREFIX):]
+            if name not in VARIATIONAL:
+                raise ValueError(f"unknown divergence {config.divergence!r}; choose one of {', '.join(divergence_names())}")
+            self.divergence = VARIATIONAL[name]
+        else:
+            self.divergence = get_closed_form(config.divergence, config.alpha)
+        self.pairs = concepts.prompt_pairs()
+        if not self.pairs:
+            raise ValueError("the concept set has nothing to erase: add a line like `Van Gogh -> a painting`")
+        self.device = denoiser.device
+        self.generator = torch.Generator().manual_seed(config.seed)
+
+    # ------------------------------------------------------------------ forwards
+
+    def _autocast(self):
+        dtype = PRECISIONS[self.config.precision]
+        if dtype is None or self.device.type != "cuda":
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=dtype)
+
+    def _net_call(self, weights: dict[str, Tensor] | None, x: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+        args = (x.to(self.device, self.denoiser.dtype), t.to(self.device), cond)
+        with self._autocast():
+            if weights is None:
+                out = self.denoiser(*args)
+            else:
+                out = functional_call(self.denoiser, {"net." + k: v for k, v in weights.items()}, args)
+        return out.float()
+
+    # ------------------------------------------------------------------ setup
+
+    def _encode(self) -> tuple[PromptBank, Conditioning | None]:
+        size = (self.config.resolution, self.config.resolution)
+        enc = self.denoiser.encode_prompts
+        targets = [t for t, _ in self.pairs]
+        bank = PromptBank(
+            target=enc(targets, size),
+            anchor=enc([a for _, a in self.pairs], size),
+            erase_from=enc([self.config.erase_from or t for t in targets], size),
+            uncond=enc([""] * len(self.pairs), size),
+        )
+        keep = enc(list(self.concepts.keep), size) if self.concepts.keep else None
+        return bank, keep
+
+    def _latent_shape(self) -> tuple[int, int, int]:
+        side = self.config.resolution // 8
+        return (self.denoiser.latent_channels, side, side)
+
+    # ------------------------------------------------------------------ run
+
+    def run(self) -> Erasure:
+        cfg = self.config
+        started = time.monotonic()
+        names = select_parameters(self.denoiser.net, cfg.parameter_set)
+        params = dict(self.denoiser.net.named_parameters())
+        originals = {n: params[n].detach() for n in names}
+        deltas = WeightDeltas(originals, rank=cfg.lora_rank, generator=self.generator).to(self.device)
+        optimizer = torch.optim.AdamW(deltas.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        mode = TARGET_MODES[cfg.target_mode]
+        abar = self.denoiser.alphas_cumprod.float().cpu()
+        t_weight = kl_timestep_weight(abar) if cfg.timestep_weight == "kl" else None
+
+        with torch.no_grad():
+            bank, keep = self._encode()
+            pool_prompts = bank.anchor if cfg.x_source == "anchor_samples" else bank.target
+            pool = build_pool(cfg.x_source, self.denoiser, pool_prompts, bank.uncond, cfg.num_samples,
+                              self._latent_shape(), cfg.sample_steps, cfg.sample_guidance, self.generator,
+                              self.user_latents,
+                              on_step=lambda i, n: self.callback(StepInfo("sampling", i, n)))
+
+        def draw():
+            x_t, t, pair = pool.draw(cfg.batch_size, len(self.pairs), abar, cfg.timestep_sampling, self.generator)
+            with torch.no_grad():
+                frozen_conds = [index_cond(c, pair) for c in mode.frozen_terms(bank)]
+                n_terms = len(frozen_conds)
+                keep_idx = None
+                if keep is not None:
+                    keep_idx = torch.randint(0, next(iter(keep.values())).shape[0], (cfg.batch_size,),
+                                             generator=self.generator)
+                    frozen_conds.append(index_cond(keep, keep_idx))
+                reps = len(frozen_conds)
+                frozen = self._net_call(None, x_t.repeat(reps, 1, 1, 1), t.repeat(reps), cat_cond(frozen_conds))
+                outs = list(frozen.chunk(reps))
+                target = mode.combine(outs[:n_terms], cfg.guidance_eta)
+                keep_target = outs[n_terms] if keep is not None else None
+            trained_conds = [index_cond(bank.target, pair)] + ([index_cond(keep, keep_idx)] if keep is not None else [])
+            return x_t, t, target, keep_target, cat_cond(trained_conds)
+
+        critic = critic_opt = None
+        if self.variational:
+            critic = Critic(channels=self.denoiser.latent_channels).to(self.device)
+            critic_opt = torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr)
+            for i in range(cfg.critic_warmup):
+                x_t, t, target, _, conds = draw()
+                with torch.no_grad():
+                    n = cfg.batch_size
+                    pred = self._net_call(deltas.apply_to(originals), x_t, t, index_cond(conds, torch.arange(n)))
+                self._critic_step(critic, critic_opt, target, pred, t)
+                self.callback(StepInfo("critic_warmup", i + 1, cfg.critic_warmup))
+
+        history: list[StepInfo] = []
+        for step in range(1, cfg.steps + 1):
+            loss_sum = torch.zeros((), device=self.device)
+            s_sum = torch.zeros((), device=self.device)
+            keep_sum = torch.zeros((), device=self.device)
+            for _ in range(cfg.grad_accumulation):
+                x_t, t, target, keep_target, conds = draw()
+                reps = 2 if keep_target is not None else 1
+                out = self._net_call(deltas.apply_to(originals), x_t.repeat(reps, 1, 1, 1), t.repeat(reps), conds)
+                pred = out[: cfg.batch_size]
+                s = squared_error(pred, target.to(pred.device))
+                if self.variational:
+                    self._critic_step(critic, critic_opt, target, pred.detach(), t)
+                    critic.requires_grad_(False)
+                    loss = generator_loss(self.divergence, critic(pred, t.to(self.device)))
+                    critic.requires_grad_(True)
+                else:
+                    w = t_weight[t].to(self.device) if t_weight is not None else None
+                    loss = erasure_loss(s, self.divergence, cfg.sigma, w)
+                if keep_target is not None:
+                    s_keep = squared_error(out[cfg.batch_size:], keep_target.to(pred.device)).mean()
+                    loss = loss + cfg.preservation_weight * s_keep
+                    keep_sum = keep_sum + s_keep.detach()
+                (loss / cfg.grad_accumulation).backward()
+                loss_sum = loss_sum + loss.detach()
+                s_sum = s_sum + s.detach().mean()
+            if cfg.max_grad_norm > 0:
+                grad_norm = torch.nn.utils.clip_grad_norm_(deltas.parameters(), cfg.max_grad_norm)
+            else:
+                grad_norm = torch.linalg.vector_norm(
+                    torch.stack([p.grad.norm() for p in deltas.parameters() if p.grad is not None]))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                k = cfg.grad_accumulation
+                info = StepInfo("training", step, cfg.steps, loss=float(loss_sum) / k, mean_s=float(s_sum) / k,
+                                keep_s=float(keep_sum) / k if keep is not None else math.nan,
+                                grad_norm=float(grad_norm))
+                if not (math.isfinite(info.loss) and math.isfinite(info.grad_norm)):
+                    raise ErasureDiverged(
+                        f"the erasure diverged at step {step} (loss {info.loss}, gradient norm {info.grad_norm}): "
+                        "lower the learning rate, raise sigma, or use a bounded divergence such as hellinger")
+                history.append(info)
+                self.callback(info)
+
+        return self._artefact(deltas, originals, history, time.monotonic() - started)
+
+    def _critic_step(self, critic: Critic, opt: torch.optim.Optimizer, p: Tensor, q: Tensor, t: Tensor) -> None:
+        """One ascent step of the variational bound: p = frozen anchor outputs, q = trained target outputs."""
+        tt = t.to(self.device)
+        loss = critic_loss(self.divergence, critic(p.detach(), tt), critic(q.detach(), tt))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def _artefact(self, deltas: WeightDeltas, originals: dict[str, Tensor], history: list[StepInfo],
+                  seconds: float) -> Erasure:
+        erasure = Erasure(shapes={n: tuple(t.shape) for n, t in originals.items()})
+        with torch.no_grad():
+            for i, name in enumerate(deltas.names):
+                key = str(i)
+                if key in deltas.full:
+                    erasure.full[name] = deltas.full[key].detach().float().cpu()
+                else:
+                    erasure.lora[name] = (deltas.up[key].detach().cpu(), deltas.down[key].detach().cpu(), deltas.alpha)
+        erasure.metadata = new_metadata(
+            family=self.denoiser.family,
+            key_format=self.denoiser.key_format,
+            prediction_type=self.denoiser.prediction_type,
+            fingerprint=fingerprint(originals),
+            concepts=self.concepts.to_dict(),
+            config=asdict(self.config),
+            seconds=round(seconds, 2),
+            history=[[h.step, h.loss, h.mean_s, h.keep_s, h.grad_norm] for h in history],
+        )
+        return erasure
+
+
+def erase(denoiser: Denoiser, concepts: ConceptSet, config: EraseConfig | None = None,
+          user_latents: Tensor | None = None, callback: Callable[[StepInfo], None] | None = None) -> Erasure:
+    """Erase ``concepts`` from ``denoiser`` (left unmodified) and return the :class:`Erasure`."""
+    return Eraser(denoiser, concepts, config or EraseConfig(), user_latents, callback).run()
