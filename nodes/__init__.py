@@ -1,0 +1,25 @@
+"""The pack's ComfyUI nodes (classic V1 nodes: they run on 2024 hosts and on current ComfyUI)."""
+
+from .concept_nodes import LoadConceptSet
+from .erasure_nodes import ApplyErasedUNet, ErasureReport, SaveErasure
+from .paths import register_folders
+from .unlearn_node import DivergenceUnlearn
+
+register_folders()
+
+# Node ids are part of every saved workflow: never rename them.
+NODE_CLASS_MAPPINGS = {
+    "DivergenceUnlearnLoadConceptSet": LoadConceptSet,
+    "DivergenceUnlearn": DivergenceUnlearn,
+    "DivergenceUnlearnApplyErasure": ApplyErasedUNet,
+    "DivergenceUnlearnSaveErasure": SaveErasure,
+    "DivergenceUnlearnErasureReport": ErasureReport,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "DivergenceUnlearnLoadConceptSet": "Load Concept Set",
+    "DivergenceUnlearn": "Divergence Unlearn (α)",
+    "DivergenceUnlearnApplyErasure": "Apply Erased UNet",
+    "DivergenceUnlearnSaveErasure": "Save Erasure",
+    "DivergenceUnlearnErasureReport": "Erasure Report",
+}

@@ -1,0 +1,160 @@
+"""ComfyUI's MODEL and CLIP as an ``unlearn_core`` :class:`Denoiser`, plus the host-specific glue.
+
+ComfyUI runs every node under ``torch.inference_mode()``: its weights and CLIP outputs are inference
+tensors that autograd cannot save. So training works on a private copy of the diffusion network made
+outside inference mode (ordinary tensors, the host's upstream LoRAs already applied), and the
+host's own model is only read. ComfyUI before 0.3.41 also adds in place inside its transformer
+blocks, which breaks backward: :func:`training_compatible` swaps in an out-of-place block forward
+for the duration of a run on such hosts only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+
+import torch
+from torch import Tensor
+
+import comfy.model_management as mm
+
+from ..unlearn_core.denoiser import Conditioning, Denoiser
+from ..unlearn_core.erasure import Erasure
+
+SUPPORTED_PREDICTIONS = {"EPS": "epsilon", "V_PREDICTION": "v_prediction"}
+
+
+def model_family(patcher) -> str:
+    """The host's name for the model's family (SD15, SD20, SDXL, ...)."""
+    return type(patcher.model.model_config).__name__
+
+
+class ComfyDenoiser(Denoiser):
+    """A trainable copy of a ComfyUI MODEL's diffusion network, with its schedule and CLIP."""
+
+    key_format = "ldm"
+
+    def __init__(self, patcher, clip):
+        super().__init__()
+        base = patcher.model
+        kind = base.model_type.name
+        if kind not in SUPPORTED_PREDICTIONS:
+            raise ValueError(f"this {model_family(patcher)} model predicts {kind}; Divergence Unlearn trains "
+                             "epsilon- and v-prediction UNets (SD1.x, SD2.x, SDXL)")
+        if clip is None:
+            raise ValueError("no CLIP is connected (this checkpoint has no text encoder): load one with a CLIP loader")
+        self.family = model_family(patcher)
+        self.prediction_type = SUPPORTED_PREDICTIONS[kind]
+        sigmas = base.model_sampling.sigmas.detach().float().cpu()
+        self.alphas_cumprod = 1.0 / (1.0 + sigmas**2)
+        self.latent_channels = base.diffusion_model.out_channels
+        # a bound method, not the module: the host's model must not become a submodule of ours
+        self._encode_adm = base.encode_adm if (getattr(base, "adm_channels", 0) or 0) > 0 else None
+        self.clip = clip
+        device = mm.get_torch_device()
+        mm.load_models_gpu([patcher])  # applies upstream patches (LoRAs, other erasures) to the live weights
+        with torch.inference_mode(False), torch.enable_grad():
+            self.net = copy.deepcopy(base.diffusion_model).to(device)
+        self.net.requires_grad_(False)
+        mm.unload_all_models()  # training needs the memory; the host reloads its model when it samples
+
+    def forward(self, x_t: Tensor, timesteps: Tensor, cond: Conditioning) -> Tensor:
+        extra = {"y": cond["y"]} if "y" in cond else {}
+        return self.net(x_t, timesteps.float(), context=cond["context"], **extra)
+
+    def encode_prompts(self, prompts: list[str], size: tuple[int, int]) -> Conditioning:
+        contexts, ys = [], []
+        height, width = size
+        for prompt in prompts:
+            with torch.inference_mode():
+                cond, pooled = self.clip.encode_from_tokens(self.clip.tokenize(prompt), return_pooled=True)
+            with torch.inference_mode(False):
+                cond, pooled = cond.clone(), pooled.clone() if pooled is not None else None
+                contexts.append(cond)
+                if self._encode_adm is not None:
+                    y = self._encode_adm(pooled_output=pooled, width=width, height=height,
+                                             crop_w=0, crop_h=0, target_width=width, target_height=height,
+                                             device=cond.device, prompt_type="positive")
+                    ys.append(y.clone())
+        with torch.inference_mode(False):
+            out = {"context": _equal_length_cat(contexts).to(self.device, self.dtype)}
+            if ys:
+                out["y"] = torch.cat(ys).to(self.device, self.dtype)
+        return out
+
+    def release(self) -> None:
+        """Free the private copy (training done or cancelled)."""
+        self.net = None
+        mm.soft_empty_cache()
+
+
+def _equal_length_cat(contexts: list[Tensor]) -> Tensor:
+    """Concatenate [1, L_i, D] contexts, repeating each to the common multiple of the lengths (as ComfyUI does)."""
+    length = math.lcm(*(c.shape[1] for c in contexts))
+    return torch.cat([c.repeat(1, length // c.shape[1], 1) for c in contexts])
+
+
+# --------------------------------------------------------------------------- old-host compatibility
+
+
+def _out_of_place_forward(self, x, context=None, transformer_options={}):
+    """SD1.x/SDXL transformer block without in-place adds (for hosts before ComfyUI 0.3.41)."""
+    x = self.attn1(self.norm1(x), context=context if self.disable_self_attn else None) + x
+    x = self.attn2(self.norm2(x), context=context) + x
+    return self.ff(self.norm3(x)) + x
+
+
+def _backward_works(net: torch.nn.Module, denoiser: Denoiser, cond: Conditioning) -> bool:
+    """Try one tiny forward/backward with a trainable cross-attention weight."""
+    name = next(n for n, _ in net.named_parameters() if ".attn2.to_k." in n)
+    weight = dict(net.named_parameters())[name]
+    delta = torch.zeros_like(weight, requires_grad=True)
+    x = torch.zeros(1, denoiser.latent_channels, 8, 8, device=weight.device, dtype=weight.dtype)
+    t = torch.zeros(1, device=weight.device)
+    small = {k: v[:1] for k, v in cond.items()}
+    try:
+        out = torch.func.functional_call(denoiser, {"net." + name: weight + delta}, (x, t, small))
+        out.float().square().mean().backward()
+        return True
+    except RuntimeError as e:
+        if "inplace operation" in str(e):
+            return False
+        raise
+
+
+@contextlib.contextmanager
+def training_compatible(denoiser: ComfyDenoiser, cond: Conditioning):
+    """Make backward work on this host for the duration of the block (a no-op on hosts >= 0.3.41)."""
+    from comfy.ldm.modules.attention import BasicTransformerBlock
+
+    with torch.inference_mode(False), torch.enable_grad():
+        if _backward_works(denoiser.net, denoiser, cond):
+            yield
+            return
+        original = BasicTransformerBlock._forward
+        BasicTransformerBlock._forward = _out_of_place_forward
+        try:
+            yield
+        finally:
+            BasicTransformerBlock._forward = original
+
+
+# --------------------------------------------------------------------------- erasure <-> MODEL
+
+
+def network_shapes(patcher) -> dict[str, tuple[int, ...]]:
+    """Shapes of the diffusion network's tensors, by their name inside the network."""
+    return {k: tuple(v.shape) for k, v in patcher.model.diffusion_model.state_dict().items()}
+
+
+def apply_erasure(patcher, erasure: Erasure, strength: float):
+    """A clone of ``patcher`` with the erasure's deltas as weight patches (the input is untouched)."""
+    erasure.check_against(network_shapes(patcher), model_family(patcher))
+    out = patcher.clone()
+    if strength != 0:
+        patches = {"diffusion_model." + name: (delta,) for name, delta in erasure.deltas().items()}
+        accepted = out.add_patches(patches, strength)
+        if len(accepted) != len(patches):
+            raise RuntimeError(f"ComfyUI accepted {len(accepted)} of {len(patches)} erasure tensors")
+    return out

@@ -1,0 +1,128 @@
+"""Divergence Unlearn (α): train the erasure on the host's own model and return the erased MODEL."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+import comfy.model_management as mm
+import comfy.utils
+
+from ..unlearn_core.parameters import PARAMETER_SETS
+from ..unlearn_core.plot import line_chart
+from ..unlearn_core.schedule import TIMESTEP_SAMPLERS
+from ..unlearn_core.targets import TARGET_MODES
+from ..unlearn_core.trainer import PRECISIONS, EraseConfig, Eraser, StepInfo, divergence_names
+from .comfy_adapter import ComfyDenoiser, apply_erasure, training_compatible
+from .images import to_image_tensor
+
+X_SOURCES = ["anchor_samples", "trajectory", "latents"]
+
+
+class _Progress:
+    """ComfyUI progress bar per phase, loss in the console, and the Cancel button checked every step."""
+
+    def __init__(self, log_every: int = 10):
+        self.bars: dict[str, comfy.utils.ProgressBar] = {}
+        self.log_every = log_every
+
+    def __call__(self, info: StepInfo) -> None:
+        mm.throw_exception_if_processing_interrupted()
+        bar = self.bars.setdefault(info.phase, comfy.utils.ProgressBar(info.total))
+        bar.update_absolute(info.step, info.total)
+        if info.phase == "training" and (info.step % self.log_every == 0 or info.step in (1, info.total)):
+            keep = f" keep S {info.keep_s:.3g}" if math.isfinite(info.keep_s) else ""
+            print(f"[Divergence Unlearn] step {info.step}/{info.total} loss {info.loss:.5g} "
+                  f"S {info.mean_s:.3g}{keep} |grad| {info.grad_norm:.3g}")
+
+
+class DivergenceUnlearn:
+    DESCRIPTION = ("Erase the concepts of a concept set from the model by f-divergence unlearning (Novello et al. "
+                   "2025): the model's prediction for each target prompt is pulled onto the original model's "
+                   "prediction for its anchor. Returns the erased model (the input model is untouched), the "
+                   "erasure for Save Erasure / Apply Erased UNet, and a chart of the loss and gradient norm.")
+    CATEGORY = "unlearning"
+    RETURN_TYPES = ("MODEL", "ERASURE", "IMAGE")
+    RETURN_NAMES = ("model", "erasure", "loss_chart")
+    OUTPUT_TOOLTIPS = ("The erased model (a clone of the input with weight patches).",
+                       "The erasure: weight updates plus metadata.", "Loss, S and gradient norm over the steps.")
+    FUNCTION = "unlearn"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The model to erase from (SD1.x, SD2.x or SDXL UNet)."}),
+                "clip": ("CLIP", {"tooltip": "The model's text encoder, used to encode the prompts."}),
+                "concepts": ("CONCEPT_SET", {"tooltip": "From Load Concept Set."}),
+                "divergence": (divergence_names(), {"default": "hellinger", "tooltip":
+                               "hellinger: bounded, gentle (the paper's recommendation); mse: the classic KL/MSE; "
+                               "pearson_chi2: aggressive; alpha: the Amari family with the alpha below; "
+                               "variational_*: f-GAN bound with a critic."}),
+                "alpha": ("FLOAT", {"default": 0.5, "min": -5.0, "max": 5.0, "step": 0.05,
+                                    "tooltip": "Alpha of the 'alpha' divergence (0.5 = Hellinger, 2 = chi²; 0 and 1 = KL)."}),
+                "sigma": ("FLOAT", {"default": 1.0, "min": 0.001, "max": 100.0, "step": 0.001,
+                                    "tooltip": "Scale of the closed forms, r = S/sigma². The divergences differ only "
+                                               "where S/sigma² is about 1 or more; watch S in the console."}),
+                "target_mode": (list(TARGET_MODES), {"default": "anchor", "tooltip":
+                                "anchor: become the anchor (Concept Ablation / f-DMU); negative_guidance: move away "
+                                "from the target (ESD)."}),
+                "guidance_eta": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.1,
+                                           "tooltip": "Strength of negative guidance (ESD's eta)."}),
+                "parameter_set": (list(PARAMETER_SETS), {"default": "cross_attn_kv", "tooltip":
+                                  "cross_attn_kv: K/V of cross-attention (styles, objects); cross_attn: ESD-x; "
+                                  "non_cross_attn: ESD-u (global concepts such as nudity); attn; full."}),
+                "lora_rank": ("INT", {"default": 0, "min": 0, "max": 256,
+                                      "tooltip": "0 trains full weight updates; >0 trains a LoRA of this rank."}),
+                "steps": ("INT", {"default": 200, "min": 1, "max": 100000, "tooltip": "Optimiser steps."}),
+                "learning_rate": ("FLOAT", {"default": 1e-4, "min": 1e-8, "max": 1.0, "step": 1e-6,
+                                            "round": False, "tooltip": "AdamW learning rate."}),
+                "batch_size": ("INT", {"default": 2, "min": 1, "max": 64, "tooltip": "Prompt pairs per step."}),
+                "resolution": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8,
+                                       "tooltip": "Image size in pixels of the training latents."}),
+                "x_source": (X_SOURCES, {"default": "anchor_samples", "tooltip":
+                             "anchor_samples: images the model draws from the anchor prompts; trajectory: the "
+                             "model's sampling path for the target (ESD); latents: the LATENT input."}),
+                "anchor_samples": ("INT", {"default": 8, "min": 1, "max": 1000,
+                                           "tooltip": "How many samples to generate once for the pool."}),
+                "sample_steps": ("INT", {"default": 20, "min": 1, "max": 200,
+                                         "tooltip": "Sampler steps for those samples."}),
+                "preservation_weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.1,
+                                                  "tooltip": "Weight of the keep prompts' loss."}),
+                "precision": (list(PRECISIONS), {"default": "bf16",
+                              "tooltip": "Autocast precision on GPU (weights stay fp32); CPU always uses fp32."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Same seed, same erasure."}),
+            },
+            "optional": {
+                "latents": ("LATENT", {"tooltip": "Your own images of the concept (x_source = latents)."}),
+            },
+        }
+
+    def unlearn(self, model, clip, concepts, divergence, alpha, sigma, target_mode, guidance_eta, parameter_set,
+                lora_rank, steps, learning_rate, batch_size, resolution, x_source, anchor_samples, sample_steps,
+                preservation_weight, precision, seed, latents=None):
+        config = EraseConfig(
+            divergence=divergence, alpha=alpha, sigma=sigma, target_mode=target_mode, guidance_eta=guidance_eta,
+            parameter_set=parameter_set, lora_rank=lora_rank, steps=steps, learning_rate=learning_rate,
+            batch_size=batch_size, resolution=resolution, x_source=x_source, num_samples=anchor_samples,
+            sample_steps=sample_steps, preservation_weight=preservation_weight, precision=precision, seed=seed,
+        )
+        user_latents = None
+        if latents is not None:
+            with torch.inference_mode(False):
+                user_latents = model.model.process_latent_in(latents["samples"].clone().float())
+        denoiser = ComfyDenoiser(model, clip)
+        try:
+            with torch.inference_mode(False), torch.enable_grad():
+                eraser = Eraser(denoiser, concepts, config, user_latents, callback=_Progress())
+                probe = denoiser.encode_prompts([""], (resolution, resolution))
+                with training_compatible(denoiser, probe):
+                    erasure = eraser.run()
+        finally:
+            denoiser.release()
+        history = erasure.metadata["history"]
+        chart = line_chart({"loss": [h[1] for h in history], "S (target vs frozen target)": [h[2] for h in history],
+                            "gradient norm": [h[4] for h in history]},
+                           f"{divergence} erasure, {steps} steps, {erasure.metadata['seconds']:.1f} s")
+        return (apply_erasure(model, erasure, 1.0), erasure, to_image_tensor(chart))

@@ -1,0 +1,131 @@
+"""The trainer on a real (tiny) diffusers Stable Diffusion: erasure works, the input stays untouched."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from unlearn_core.adapters.diffusers_sd import DiffusersDenoiser
+from unlearn_core.concepts import parse_concept_text
+from unlearn_core.erasure import Erasure, ErasureError
+from unlearn_core.report import measure
+from unlearn_core.trainer import EraseConfig, ErasureDiverged, divergence_names, erase
+
+CONCEPTS = parse_concept_text("a red circle -> a red shape\nkeep: a blue square\nkeep: a green triangle")
+QUICK = dict(resolution=64, num_samples=4, sample_steps=4, batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def denoiser(tiny_pipe):
+    return DiffusersDenoiser.from_pipeline(tiny_pipe)
+
+
+def test_hellinger_moves_target_onto_anchor_and_keeps_preservation(denoiser):
+    before = {n: p.clone() for n, p in denoiser.net.named_parameters()}
+    erasure = erase(denoiser, CONCEPTS, EraseConfig(steps=40, learning_rate=3e-3, **QUICK))
+    assert all(torch.equal(before[n], p) for n, p in denoiser.net.named_parameters()), "input model modified"
+    report = measure(denoiser, erasure, CONCEPTS, resolution=64, probes=8)
+    pair = report.pairs[0]
+    print(report.text())
+    assert pair["after"] < 0.6 * pair["before"], report.text()  # measured: moved 56% in 40 steps
+    for keep in report.keep:
+        assert keep["drift"] < 0.25, report.text()
+
+
+def test_same_seed_same_erasure_other_seed_differs(denoiser):
+    cfg = EraseConfig(steps=3, learning_rate=1e-3, **QUICK)
+    a, b = erase(denoiser, CONCEPTS, cfg), erase(denoiser, CONCEPTS, cfg)
+    c = erase(denoiser, CONCEPTS, EraseConfig(steps=3, learning_rate=1e-3, seed=1, **QUICK))
+    assert all(torch.equal(a.delta(n), b.delta(n)) for n in a.names)
+    assert any(not torch.equal(a.delta(n), c.delta(n)) for n in a.names)
+
+
+@pytest.mark.parametrize("divergence", divergence_names())
+def test_every_divergence_trains_and_only_the_parameter_set_changes(denoiser, divergence):
+    cfg = EraseConfig(divergence=divergence, alpha=0.75, steps=2, critic_warmup=2, learning_rate=1e-3, **QUICK)
+    steps = []
+    erasure = erase(denoiser, CONCEPTS, cfg, callback=steps.append)
+    assert all(".attn2.to_k." in n or ".attn2.to_v." in n for n in erasure.names)
+    assert any(erasure.delta(n).abs().sum() > 0 for n in erasure.names)
+    training = [s for s in steps if s.phase == "training"]
+    assert [s.step for s in training] == [1, 2] and all(math.isfinite(s.loss) for s in training)
+    if divergence.startswith("variational_"):
+        assert [s.step for s in steps if s.phase == "critic_warmup"] == [1, 2]
+
+
+def test_negative_guidance_trajectory_lora(denoiser):
+    cfg = EraseConfig(target_mode="negative_guidance", guidance_eta=2.0, x_source="trajectory", lora_rank=2,
+                      parameter_set="cross_attn", steps=2, **QUICK)
+    erasure = erase(denoiser, CONCEPTS, cfg)
+    assert erasure.lora and all(len(erasure.shapes[n]) >= 2 for n in erasure.lora)
+    assert all(len(erasure.shapes[n]) == 1 for n in erasure.full)  # biases train as full deltas
+    up, down, alpha = next(iter(erasure.lora.values()))
+    assert up.shape[1] == 2 and down.shape[0] == 2
+    assert any(".attn2.to_q." in n for n in erasure.names)
+
+
+def test_user_latents_source_and_channel_check(denoiser):
+    latents = torch.randn(3, 4, 8, 8)
+    erase(denoiser, CONCEPTS, EraseConfig(x_source="latents", steps=1, **QUICK), user_latents=latents)
+    with pytest.raises(ValueError, match="channels"):
+        erase(denoiser, CONCEPTS, EraseConfig(x_source="latents", steps=1, **QUICK), user_latents=torch.randn(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="LATENT"):
+        erase(denoiser, CONCEPTS, EraseConfig(x_source="latents", steps=1, **QUICK))
+
+
+def test_divergence_stops_with_clear_error(denoiser):
+    cfg = EraseConfig(divergence="mse", learning_rate=1e30, max_grad_norm=0, steps=5, **QUICK)
+    with pytest.raises(ErasureDiverged, match="lower the learning rate"):
+        erase(denoiser, CONCEPTS, cfg)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("divergence", "nope", "valid names"), ("target_mode", "x", "unknown target mode"),
+    ("parameter_set", "x", "unknown parameter set"), ("resolution", 60, "multiple of 8"),
+    ("steps", 0, "at least 1"), ("precision", "fp8", "unknown precision"),
+])
+def test_bad_config_is_a_clear_error(denoiser, field, value, message):
+    with pytest.raises(ValueError, match=message):
+        erase(denoiser, CONCEPTS, EraseConfig(**{**QUICK, field: value}))
+
+
+def test_cancel_from_callback_stops_the_run(denoiser):
+    class Stop(Exception):
+        pass
+
+    def cb(info):
+        if info.phase == "training" and info.step == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        erase(denoiser, CONCEPTS, EraseConfig(steps=50, **QUICK), callback=cb)
+
+
+def test_save_load_roundtrip_atomic_and_safetensors_only(denoiser, tmp_path):
+    erasure = erase(denoiser, CONCEPTS, EraseConfig(steps=1, **QUICK))
+    path = erasure.save(tmp_path / "e.safetensors")
+    assert [p.name for p in tmp_path.iterdir()] == ["e.safetensors"]
+    loaded = Erasure.load(path)
+    assert sorted(loaded.names) == sorted(erasure.names)
+    assert all(torch.equal(loaded.delta(n), erasure.delta(n)) for n in erasure.names)
+    assert loaded.metadata["fingerprint"] == erasure.metadata["fingerprint"]
+    assert loaded.metadata["concepts"] == CONCEPTS.to_dict()
+    (tmp_path / "x.ckpt").write_bytes(b"not a pickle we would ever load")
+    with pytest.raises(ErasureError, match="safetensors"):
+        Erasure.load(tmp_path / "x.ckpt")
+    with pytest.raises(ErasureError, match="safetensors"):
+        erasure.save(tmp_path / "e.pt")
+    (tmp_path / "broken.safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(ErasureError, match="not a readable"):
+        Erasure.load(tmp_path / "broken.safetensors")
+
+
+def test_check_against_names_both_families(denoiser):
+    erasure = erase(denoiser, CONCEPTS, EraseConfig(steps=1, **QUICK))
+    shapes = {n: tuple(p.shape) for n, p in denoiser.net.named_parameters()}
+    erasure.check_against(shapes, "sd1")
+    name = erasure.names[0]
+    with pytest.raises(ErasureError, match=r"made for a .* model and does not fit this SDXL model"):
+        erasure.check_against({**shapes, name: (1, 1)}, "SDXL")

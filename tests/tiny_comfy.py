@@ -1,0 +1,101 @@
+"""Tiny models built with the host ComfyUI's own classes, and checkpoints its stock loaders read.
+
+- A slim SD1.5-family UNet (model_channels 320, context 768, one level: ~26M parameters) that
+  ComfyUI's model detection classifies as SD15, and its v-prediction twin (SD2.x-style schedule).
+- An SDXL-family UNet (Segmind Vega depths, ~112M parameters) for the ``y`` conditioning path.
+- A CLIP-L text encoder with every output projection zero, so each layer is an identity and
+  ``CLIPTextEncode`` gives ``final_layer_norm(token + position embedding)``: prompts differ exactly at
+  the tokens that differ. Random small token embeddings make different prompts condition differently.
+
+ComfyUI's layers are created uninitialised, so every tensor is set explicitly: norm scales 1,
+biases 0, other weights fan-in scaled normal (the UNet's output is then O(1) and responds to every
+weight patch).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+SD15_TINY = dict(image_size=32, use_checkpoint=False, use_spatial_transformer=True, legacy=False, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[1], channel_mult=[1],
+                 transformer_depth=[1], transformer_depth_output=[1, 1], transformer_depth_middle=1,
+                 context_dim=768, use_linear_in_transformer=False, adm_in_channels=None,
+                 use_temporal_attention=False)
+SDXL_TINY = dict(image_size=32, use_checkpoint=False, use_spatial_transformer=True, legacy=False, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[2, 2, 2], channel_mult=[1, 1, 1],
+                 transformer_depth=[0, 0, 1, 1, 2, 2], transformer_depth_output=[0, 0, 0, 1, 1, 1, 2, 2, 2],
+                 transformer_depth_middle=2, context_dim=2048, use_linear_in_transformer=True, adm_in_channels=2816,
+                 use_temporal_attention=False)
+
+
+@torch.no_grad()
+def init_weights(module: torch.nn.Module, seed: int = 0) -> None:
+    """Norm scales 1, biases 0, every other tensor normal / sqrt(fan_in) (deterministic for ``seed``)."""
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in module.named_parameters():
+        if name.endswith("bias"):
+            p.zero_()
+        elif p.dim() == 1:
+            p.fill_(1.0)
+        else:
+            p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(math.prod(p.shape[1:])))
+
+
+def build_unet(family: str = "SD15", seed: int = 0, model_channels: int = 320):
+    """A ComfyUI BaseModel of the given family class (from comfy.supported_models) with tiny weights.
+
+    ``model_channels`` 320 is what file detection needs; in-process tests use fewer for speed.
+    """
+    import comfy.supported_models as sm
+
+    config_cls = getattr(sm, family)
+    unet_config = dict(SDXL_TINY if family in ("SDXL", "Segmind_Vega") else SD15_TINY, model_channels=model_channels)
+    config = config_cls(unet_config)
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({}, "")
+    init_weights(model.diffusion_model, seed)
+    return model
+
+
+def build_patcher(family: str = "SD15", seed: int = 0, model_channels: int = 320):
+    import comfy.model_patcher
+
+    model = build_unet(family, seed, model_channels)
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def clip_l_state_dict(seed: int = 0, prefix: str = "cond_stage_model.transformer.text_model.") -> dict:
+    """CLIP-L text encoder tensors (fp16) whose layers are identities (zero output projections)."""
+    gen = torch.Generator().manual_seed(seed)
+    d, ff, layers = 768, 3072, 12
+    sd = {
+        prefix + "embeddings.token_embedding.weight": (torch.randn(49408, d, generator=gen) * 0.5).half(),
+        prefix + "embeddings.position_embedding.weight": (torch.randn(77, d, generator=gen) * 0.05).half(),
+        prefix + "final_layer_norm.weight": torch.ones(d, dtype=torch.half),
+        prefix + "final_layer_norm.bias": torch.zeros(d, dtype=torch.half),
+    }
+    for i in range(layers):
+        p = f"{prefix}encoder.layers.{i}."
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            sd[p + f"self_attn.{proj}.weight"] = torch.zeros(d, d, dtype=torch.half)
+            sd[p + f"self_attn.{proj}.bias"] = torch.zeros(d, dtype=torch.half)
+        for norm in ("layer_norm1", "layer_norm2"):
+            sd[p + f"{norm}.weight"] = torch.ones(d, dtype=torch.half)
+            sd[p + f"{norm}.bias"] = torch.zeros(d, dtype=torch.half)
+        sd[p + "mlp.fc1.weight"] = torch.zeros(ff, d, dtype=torch.half)
+        sd[p + "mlp.fc1.bias"] = torch.zeros(ff, dtype=torch.half)
+        sd[p + "mlp.fc2.weight"] = torch.zeros(d, ff, dtype=torch.half)
+        sd[p + "mlp.fc2.bias"] = torch.zeros(d, dtype=torch.half)
+    return sd
+
+
+def write_sd15_checkpoint(path: Path, seed: int = 0, with_clip: bool = True) -> Path:
+    """A tiny SD15-detected checkpoint (UNet, optionally the identity CLIP-L) that CheckpointLoaderSimple loads."""
+    model = build_unet("SD15", seed)
+    sd = {"model.diffusion_model." + k: v.half() for k, v in model.diffusion_model.state_dict().items()}
+    if with_clip:
+        sd.update({k: v.contiguous() for k, v in clip_l_state_dict(seed).items()})
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    return path

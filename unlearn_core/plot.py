@@ -1,0 +1,51 @@
+"""Small line and bar charts drawn with PIL (no plotting library needed inside ComfyUI)."""
+
+from __future__ import annotations
+
+import math
+
+from PIL import Image, ImageDraw
+
+COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189)]
+
+
+def line_chart(series: dict[str, list[float]], title: str, width: int = 640, height: int = 360) -> Image.Image:
+    """One panel per series (own y-range), sharing the x axis (step)."""
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((10, 4), title, fill="black")
+    panels = [(k, [v for v in vals if math.isfinite(v)]) for k, vals in series.items()]
+    panel_h = (height - 24) // max(1, len(panels))
+    for i, (name, vals) in enumerate(panels):
+        top = 24 + i * panel_h
+        box = (50, top + 14, width - 10, top + panel_h - 8)
+        draw.rectangle(box, outline=(180, 180, 180))
+        if not vals:
+            draw.text((box[0] + 4, box[1] + 4), f"{name}: no data", fill="black")
+            continue
+        lo, hi = min(vals), max(vals)
+        span = hi - lo or abs(hi) or 1.0
+        draw.text((box[0], top), f"{name}  [{lo:.3g} .. {hi:.3g}]", fill=COLOURS[i % len(COLOURS)])
+        n = max(1, len(vals) - 1)
+        points = [(box[0] + (box[2] - box[0]) * j / n, box[3] - (box[3] - box[1]) * (v - lo) / span)
+                  for j, v in enumerate(vals)]
+        if len(points) == 1:
+            points.append(points[0])
+        draw.line(points, fill=COLOURS[i % len(COLOURS)], width=2)
+    return img
+
+
+def bar_chart(bars: list[tuple[str, float]], title: str, width: int = 640, height: int = 360) -> Image.Image:
+    """Horizontal bars for values in [0, 1] (shown as percentages; clipped to the range)."""
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((10, 4), title, fill="black")
+    row = (height - 30) // max(1, len(bars))
+    for i, (label, value) in enumerate(bars):
+        top = 26 + i * row
+        frac = min(1.0, max(0.0, value))
+        draw.text((10, top + 2), label[:40], fill="black")
+        x0 = width // 2
+        draw.rectangle((x0, top + 2, x0 + (width - x0 - 60) * frac, top + row - 4), fill=COLOURS[i % 2])
+        draw.text((width - 55, top + 2), f"{100 * value:.1f}%", fill="black")
+    return img
