@@ -93,9 +93,10 @@ class ErasureReport:
                 "clip": ("CLIP", {"tooltip": "Its text encoder."}),
                 "erasure": ("ERASURE", {"tooltip": "The erasure to measure."}),
                 "concepts": ("CONCEPT_SET", {"tooltip": "The prompts to measure (usually the erased set)."}),
-                "resolution": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8}),
+                "resolution": ("INT", {"default": 512, "min": 32, "max": 2048, "step": 8,
+                                       "tooltip": "Image size in pixels of the probe latents."}),
                 "probes": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Noisy latents per prompt."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Seed of the probe latents."}),
             }
         }
 

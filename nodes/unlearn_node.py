@@ -79,7 +79,7 @@ class DivergenceUnlearn:
                 "learning_rate": ("FLOAT", {"default": 1e-4, "min": 1e-8, "max": 1.0, "step": 1e-6,
                                             "round": False, "tooltip": "AdamW learning rate."}),
                 "batch_size": ("INT", {"default": 2, "min": 1, "max": 64, "tooltip": "Prompt pairs per step."}),
-                "resolution": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8,
+                "resolution": ("INT", {"default": 512, "min": 32, "max": 2048, "step": 8,
                                        "tooltip": "Image size in pixels of the training latents."}),
                 "x_source": (X_SOURCES, {"default": "anchor_samples", "tooltip":
                              "anchor_samples: images the model draws from the anchor prompts; trajectory: the "

@@ -1,0 +1,153 @@
+"""The nodes inside a real ComfyUI, in-process: loaded by ComfyUI's own loader, run on ComfyUI's classes."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+
+def apply_model(patcher, cond, seed=0):
+    """The host's denoised prediction for one fixed noisy latent (loads the patches like a sampler does)."""
+    import comfy.model_management as mm
+
+    mm.load_models_gpu([patcher])
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 4, 4, 4, generator=gen)
+    sigma = torch.tensor([2.0])
+    with torch.inference_mode():
+        out = patcher.model.apply_model(x, sigma, c_crossattn=cond)
+    mm.unload_all_models()
+    return out
+
+
+def encode(clip, text):
+    with torch.inference_mode():
+        return clip.encode_from_tokens(clip.tokenize(text))
+
+
+def load_concepts(pack_nodes, text):
+    with torch.inference_mode():
+        return pack_nodes["DivergenceUnlearnLoadConceptSet"]().load(text, "none", "none")
+
+
+def unlearn(pack_nodes, model, clip, concepts, **overrides):
+    args = dict(divergence="hellinger", alpha=0.5, sigma=1.0, target_mode="anchor", guidance_eta=1.0,
+                parameter_set="cross_attn_kv", lora_rank=0, steps=3, learning_rate=1e-3, batch_size=1,
+                resolution=32, x_source="anchor_samples", anchor_samples=2, sample_steps=2,
+                preservation_weight=1.0, precision="fp32", seed=0)
+    args.update(overrides)
+    with torch.inference_mode():  # as ComfyUI's executor runs every node
+        return pack_nodes["DivergenceUnlearn"]().unlearn(model, clip, concepts, **args)
+
+
+def test_pack_registers_nodes_with_display_names(comfy, pack_nodes):
+    assert set(pack_nodes) == {"DivergenceUnlearnLoadConceptSet", "DivergenceUnlearn", "DivergenceUnlearnApplyErasure",
+                               "DivergenceUnlearnSaveErasure", "DivergenceUnlearnErasureReport"}
+    assert comfy.NODE_DISPLAY_NAME_MAPPINGS["DivergenceUnlearn"] == "Divergence Unlearn (α)"
+    for cls in pack_nodes.values():
+        assert cls.CATEGORY == "unlearning" and cls.DESCRIPTION
+        for section in cls.INPUT_TYPES().values():
+            for name, spec in section.items():
+                assert spec[1].get("tooltip"), f"{cls.__name__}.{name} has no tooltip"
+
+
+def test_load_concept_set_merges_and_reports_errors(pack_nodes):
+    concepts, summary = load_concepts(pack_nodes, "a red circle -> a red shape\nkeep: a blue square")
+    assert [(p.target, p.anchor) for p in concepts.pairs] == [("a red circle", "a red shape")]
+    assert "a red circle" in summary
+    with pytest.raises(ValueError, match="line 1"):
+        load_concepts(pack_nodes, "just a line without arrow")
+    with pytest.raises(ValueError, match="nothing to erase"):
+        load_concepts(pack_nodes, "# only a comment")
+    with torch.inference_mode():
+        merged, _ = pack_nodes["DivergenceUnlearnLoadConceptSet"]().load("x -> y", "nudity", "none")
+    assert len(merged.pairs) > 1
+
+
+def test_unlearn_returns_erased_clone_and_leaves_input_untouched(pack_nodes, sd15_model, sd15_clip):
+    concepts, _ = load_concepts(pack_nodes, "a red circle -> a red shape")
+    target = encode(sd15_clip, "a red circle")
+    before = apply_model(sd15_model, target)
+    weights_before = {k: v.clone() for k, v in sd15_model.model.diffusion_model.state_dict().items()}
+    erased, erasure, chart = unlearn(pack_nodes, sd15_model, sd15_clip, concepts)
+    assert chart.shape[0] == 1 and chart.shape[-1] == 3 and 0 <= chart.min() and chart.max() <= 1
+    assert erased is not sd15_model and not sd15_model.patches
+    assert torch.equal(apply_model(sd15_model, target), before)
+    after = apply_model(erased, target)
+    assert not torch.allclose(after, before)
+    for k, v in sd15_model.model.diffusion_model.state_dict().items():
+        assert torch.equal(v, weights_before[k]), f"shared weight {k} changed"
+    assert erasure.metadata["family"] == "SD15" and erasure.metadata["key_format"] == "ldm"
+    assert all(".attn2.to_" in n for n in erasure.names)
+
+
+def test_unlearn_trains_through_host_blocks_with_grad(pack_nodes, sd15_model, sd15_clip):
+    """Backward runs through ComfyUI's transformer blocks (in-place adds on 2024 hosts are shimmed)."""
+    from comfy.ldm.modules.attention import BasicTransformerBlock
+
+    original = BasicTransformerBlock._forward
+    concepts, _ = load_concepts(pack_nodes, "a red circle -> a red shape\nkeep: a blue square")
+    _, erasure, _ = unlearn(pack_nodes, sd15_model, sd15_clip, concepts, parameter_set="non_cross_attn", steps=1)
+    assert BasicTransformerBlock._forward is original, "the compatibility shim leaked out of the run"
+    assert any(erasure.delta(n).abs().sum() > 0 for n in erasure.names)
+
+
+def test_apply_erasure_strength_and_mismatch(pack_nodes, sd15_model, sd15_clip):
+    concepts, _ = load_concepts(pack_nodes, "a red circle -> a red shape")
+    erased, erasure, _ = unlearn(pack_nodes, sd15_model, sd15_clip, concepts)
+    apply = pack_nodes["DivergenceUnlearnApplyErasure"]()
+    target = encode(sd15_clip, "a red circle")
+    with torch.inference_mode():
+        zero = apply.apply(sd15_model, 0.0, "none", erasure)[0]
+        one = apply.apply(sd15_model, 1.0, "none", erasure)[0]
+    assert torch.equal(apply_model(zero, target), apply_model(sd15_model, target))
+    assert torch.allclose(apply_model(one, target), apply_model(erased, target), atol=1e-6)
+    name = erasure.names[0]
+    erasure.shapes[name] = (3, 3)
+    erasure.metadata["family"] = "SDXL"
+    with pytest.raises(ValueError, match="made for a SDXL model and does not fit this SD15 model"):
+        with torch.inference_mode():
+            apply.apply(sd15_model, 1.0, "none", erasure)
+    with pytest.raises(ValueError, match="no erasure given"):
+        apply.apply(sd15_model, 1.0, "none", None)
+
+
+def test_saved_erasure_loads_in_stock_lora_loader_with_same_predictions(comfy, pack_nodes, sd15_model, sd15_clip):
+    import folder_paths
+
+    concepts, _ = load_concepts(pack_nodes, "a red circle -> a red shape")
+    erased, erasure, _ = unlearn(pack_nodes, sd15_model, sd15_clip, concepts, lora_rank=4)
+    saver = pack_nodes["DivergenceUnlearnSaveErasure"]()
+    first = saver.save(erasure, "tests/erasure")["ui"]["text"][0]
+    second = saver.save(erasure, "tests/erasure")["ui"]["text"][0]
+    assert first != second, "an existing erasure file was overwritten"
+    loras = folder_paths.get_folder_paths("loras")[0]
+    assert os.path.isfile(os.path.join(loras, first)) and first in folder_paths.get_filename_list("loras")
+    with torch.inference_mode():
+        stock = comfy.LoraLoaderModelOnly().load_lora_model_only(sd15_model, first, 1.0)[0]
+        ours = pack_nodes["DivergenceUnlearnApplyErasure"]().apply(sd15_model, 1.0, first)[0]
+    target = encode(sd15_clip, "a red circle")
+    expected = apply_model(erased, target)
+    assert torch.allclose(apply_model(stock, target), expected, atol=1e-5)
+    assert torch.allclose(apply_model(ours, target), expected, atol=1e-6)
+    for bad in ("../escape", "/abs/path", "a/../../b", "", "x;rm"):
+        with pytest.raises(ValueError, match="not allowed|outside"):
+            saver.save(erasure, bad)
+
+
+def test_report_measures_movement(pack_nodes, sd15_model, sd15_clip):
+    concepts, _ = load_concepts(pack_nodes, "a red circle -> a red shape\nkeep: a blue square")
+    _, erasure, _ = unlearn(pack_nodes, sd15_model, sd15_clip, concepts, steps=8, learning_rate=3e-3)
+    with torch.inference_mode():
+        out = pack_nodes["DivergenceUnlearnErasureReport"]().report(sd15_model, sd15_clip, erasure, concepts, 32, 2, 0)
+    text, chart = out["result"]
+    assert "'a red circle' -> 'a red shape': moved" in text and "keep 'a blue square'" in text
+    assert chart.shape[-1] == 3
+
+
+def test_missing_clip_and_unsupported_model_are_clear_errors(pack_nodes, sd15_model, sd15_clip):
+    concepts, _ = load_concepts(pack_nodes, "a -> b")
+    with pytest.raises(ValueError, match="no CLIP is connected"):
+        unlearn(pack_nodes, sd15_model, None, concepts)
