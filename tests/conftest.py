@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from comfy_host import ComfyServer, host_label, load_inprocess, prepare_host  # noqa: E402
 
 torch.set_num_threads(2)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded
 
 
 def pytest_report_header(config):
@@ -76,6 +78,6 @@ def server(comfy_root, tiny_checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_pipe(tmp_path_factory):
-    from tiny_diffusers import tiny_pipeline
+    from unlearn_core.toy import tiny_pipeline
 
     return tiny_pipeline(tmp_path_factory.mktemp("pipe"))

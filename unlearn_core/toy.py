@@ -1,4 +1,4 @@
-"""A tiny, real diffusers Stable Diffusion pipeline built in the tests (random weights, no download).
+"""A toy diffusers Stable Diffusion pipeline with random weights (no download), for demos and tests.
 
 Real diffusers/transformers classes at toy sizes: a 2-level UNet2DConditionModel with cross-attention,
 a 2-layer CLIPTextModel, a character-level CLIPTokenizer written to a temporary folder, a small

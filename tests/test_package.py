@@ -1,0 +1,53 @@
+"""Packaging: registry metadata, Manager requirements, the engine without ComfyUI, the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_pyproject_has_what_the_comfy_registry_requires():
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    project, comfy = data["project"], data["tool"]["comfy"]
+    name = project["name"]
+    assert name and len(name) < 100 and "comfyui" not in name.lower() and name[0].isalpha()
+    assert all(c.isalnum() or c in "-_." for c in name)
+    major, minor, patch = project["version"].split(".")
+    assert all(part.isdigit() for part in (major, minor, patch))
+    assert project["description"] and project["license"] and project["urls"]["Repository"].startswith("https://")
+    assert comfy["PublisherId"] and comfy["DisplayName"] and comfy["Icon"].startswith("https://")
+
+
+def test_manager_requirements_never_list_torch():
+    lines = [l.split("#")[0].strip() for l in (ROOT / "requirements.txt").read_text().splitlines()]
+    names = [l.split("<")[0].split(">")[0].split("=")[0].strip().lower() for l in lines if l]
+    assert names and not {"torch", "torchvision", "torchaudio", "torchsde"} & set(names)
+
+
+def test_engine_imports_and_runs_without_comfyui():
+    code = ("import sys, torch, unlearn_core.trainer, unlearn_core.erasure, unlearn_core.report;"
+            "from unlearn_core.divergences import get_closed_form;"
+            "assert float(get_closed_form('hellinger').value(torch.tensor(8.0))) > 0;"
+            "assert not [m for m in sys.modules if m.split('.')[0] in ('comfy', 'folder_paths', 'nodes')]")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd="/")
+
+
+def test_cli_erases_a_toy_pipeline_end_to_end(tmp_path):
+    env_cmd = [sys.executable, "-m", "unlearn_core"]
+    subprocess.run([*env_cmd, "toy-pipeline", str(tmp_path / "toy")], check=True, capture_output=True)
+    out = subprocess.run([*env_cmd, "erase", "--pipeline", str(tmp_path / "toy"),
+                          "--concepts", "a red circle -> a red shape; keep: a blue square",
+                          "--steps", "40", "--lr", "3e-3", "--resolution", "64", "--anchor-samples", "4",
+                          "--sample-steps", "4", "--out", str(tmp_path / "e.safetensors"),
+                          "--report-json", str(tmp_path / "r.json")], check=True, capture_output=True, text=True)
+    assert "erasure written to" in out.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["pairs"][0]["after"] < 0.6 * report["pairs"][0]["before"]
+    bad = subprocess.run([*env_cmd, "erase", "--pipeline", str(tmp_path), "--concepts", "a -> b",
+                          "--out", str(tmp_path / "x.safetensors")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "not a diffusers pipeline folder" in bad.stderr

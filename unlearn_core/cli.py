@@ -1,0 +1,114 @@
+"""Command line: ``python -m unlearn_core {toy-pipeline,erase} ...`` on diffusers pipeline folders."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .concepts import ConceptSetError, load_concept_file, parse_concept_text
+from .trainer import EraseConfig, StepInfo, divergence_names, erase
+
+
+def _concepts(value: str):
+    """A concept file path, or inline text where ';' separates lines."""
+    if os.path.isfile(value):
+        return load_concept_file(value)
+    return parse_concept_text(value.replace(";", "\n"), name="command line")
+
+
+def _progress(info: StepInfo) -> None:
+    if info.phase != "training":
+        print(f"\r{info.phase}: {info.step}/{info.total}", end="", file=sys.stderr, flush=True)
+        if info.step == info.total:
+            print(file=sys.stderr)
+        return
+    bar = "#" * int(30 * info.step / info.total)
+    print(f"\rtraining [{bar:<30}] {info.step}/{info.total} loss {info.loss:.4g} S {info.mean_s:.3g}",
+          end="\n" if info.step == info.total else "", file=sys.stderr, flush=True)
+
+
+def cmd_toy_pipeline(args) -> int:
+    from .toy import tiny_pipeline
+
+    out = Path(args.folder)
+    pipe = tiny_pipeline(out / ".tokenizer", seed=args.seed)
+    pipe.save_pretrained(out)
+    print(f"toy pipeline (random weights) written to {out}")
+    return 0
+
+
+def cmd_erase(args) -> int:
+    from .adapters.diffusers_sd import DiffusersDenoiser
+    from .report import measure
+
+    concepts = _concepts(args.concepts)
+    denoiser, _ = DiffusersDenoiser.from_folder(args.pipeline, device=args.device)
+    config = EraseConfig(divergence=args.divergence, alpha=args.alpha, sigma=args.sigma, target_mode=args.target_mode,
+                         parameter_set=args.parameter_set, lora_rank=args.lora_rank, steps=args.steps,
+                         learning_rate=args.lr, batch_size=args.batch_size, resolution=args.resolution,
+                         num_samples=args.anchor_samples, sample_steps=args.sample_steps, seed=args.seed,
+                         precision=args.precision)
+    erasure = erase(denoiser, concepts, config, callback=_progress)
+    path = erasure.save(args.out)
+    report = measure(denoiser, erasure, concepts, resolution=args.resolution)
+    print(report.text())
+    print(f"erasure written to {path} ({erasure.metadata['seconds']:.1f} s)")
+    if args.report_json:
+        Path(args.report_json).write_text(json.dumps({"pairs": report.pairs, "keep": report.keep}, indent=1))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m unlearn_core", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    toy = sub.add_parser("toy-pipeline", help="write a toy Stable Diffusion pipeline with random weights")
+    toy.add_argument("folder")
+    toy.add_argument("--seed", type=int, default=0)
+    toy.set_defaults(run=cmd_toy_pipeline)
+
+    e = sub.add_parser("erase", help="erase concepts from a diffusers pipeline folder into an erasure file")
+    e.add_argument("--pipeline", required=True, help="diffusers pipeline folder (model_index.json)")
+    e.add_argument("--concepts", required=True,
+                   help="a concept-set file (.txt/.json/.yaml) or inline lines separated by ';', "
+                        "e.g. 'Van Gogh -> a painting; keep: a photo of a dog'")
+    e.add_argument("--out", required=True, help="output .safetensors file")
+    e.add_argument("--divergence", default="hellinger", choices=divergence_names())
+    e.add_argument("--alpha", type=float, default=0.5)
+    e.add_argument("--sigma", type=float, default=1.0)
+    e.add_argument("--target-mode", default="anchor", choices=["anchor", "negative_guidance"])
+    e.add_argument("--parameter-set", default="cross_attn_kv")
+    e.add_argument("--lora-rank", type=int, default=0)
+    e.add_argument("--steps", type=int, default=200)
+    e.add_argument("--lr", type=float, default=1e-4)
+    e.add_argument("--batch-size", type=int, default=2)
+    e.add_argument("--resolution", type=int, default=512)
+    e.add_argument("--anchor-samples", type=int, default=8)
+    e.add_argument("--sample-steps", type=int, default=20)
+    e.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    e.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--report-json", help="also write the prediction-space report as JSON")
+    e.set_defaults(run=cmd_erase)
+    return parser
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ConceptSetError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: nothing was written", file=sys.stderr)
+        return 130
