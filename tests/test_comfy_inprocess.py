@@ -87,10 +87,10 @@ def test_unlearn_trains_through_host_blocks_with_grad(pack_nodes, sd15_model, sd
     """Backward runs through ComfyUI's transformer blocks (in-place adds on 2024 hosts are shimmed)."""
     from comfy.ldm.modules.attention import BasicTransformerBlock
 
-    original = BasicTransformerBlock._forward
+    original = getattr(BasicTransformerBlock, "_forward", None)  # absent on current hosts
     concepts, _ = load_concepts(pack_nodes, "a red circle -> a red shape\nkeep: a blue square")
     _, erasure, _ = unlearn(pack_nodes, sd15_model, sd15_clip, concepts, parameter_set="non_cross_attn", steps=1)
-    assert BasicTransformerBlock._forward is original, "the compatibility shim leaked out of the run"
+    assert getattr(BasicTransformerBlock, "_forward", None) is original, "the compatibility shim leaked out of the run"
     assert any(erasure.delta(n).abs().sum() > 0 for n in erasure.names)
 
 

@@ -83,3 +83,12 @@ def test_interrupt_during_training_ends_the_prompt_as_interrupted(server):
     messages = [m[0] for m in entry["status"]["messages"]]
     assert "execution_interrupted" in messages, messages
     assert entry["status"]["status_str"] != "success"
+
+
+def test_requeuing_an_unchanged_graph_does_not_retrain(server):
+    prompt = adapt_for_tiny(json.loads(WORKFLOWS[0].read_text()))
+    server.run(prompt, timeout=600)
+    entry = server.run(prompt, timeout=600)
+    cached = [set(m[1].get("nodes", [])) for m in entry["status"]["messages"] if m[0] == "execution_cached"]
+    unlearn_id = next(k for k, n in prompt.items() if n["class_type"] == "DivergenceUnlearn")
+    assert cached and unlearn_id in cached[0], entry["status"]["messages"]
