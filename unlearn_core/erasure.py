@@ -96,9 +96,9 @@ class Erasure:
         tensors: dict[str, Tensor] = {}
         names: dict[str, str] = {}
         for name, delta in self.full.items():
-            prefix = export_prefix(name)
-            names[prefix + (".diff_b" if name.endswith(".bias") else ".diff")] = name
-            tensors[prefix + (".diff_b" if name.endswith(".bias") else ".diff")] = delta.detach().float().contiguous()
+            key = export_prefix(name) + (".diff_b" if name.endswith(".bias") else ".diff")
+            names[key] = name
+            tensors[key] = delta.detach().float().contiguous()
         for name, (up, down, alpha) in self.lora.items():
             prefix = export_prefix(name)
             names[prefix + ".lora_up.weight"] = name

@@ -26,6 +26,7 @@ from torch.func import functional_call
 from .concepts import ConceptSet
 from .denoiser import Conditioning, Denoiser, cat_cond, index_cond
 from .divergences import (
+    CLOSED_FORM,
     VARIATIONAL,
     Critic,
     critic_loss,
@@ -46,8 +47,6 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def divergence_names() -> list[str]:
     """Every divergence the trainer accepts: closed forms, ``alpha`` (with ``alpha``), and variational ones."""
-    from .divergences import CLOSED_FORM
-
     return list(CLOSED_FORM) + ["alpha"] + [VARIATIONAL_PREFIX + n for n in VARIATIONAL]
 
 
