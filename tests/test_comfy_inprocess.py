@@ -151,3 +151,49 @@ def test_missing_clip_and_unsupported_model_are_clear_errors(pack_nodes, sd15_mo
     concepts, _ = load_concepts(pack_nodes, "a -> b")
     with pytest.raises(ValueError, match="no CLIP is connected"):
         unlearn(pack_nodes, sd15_model, None, concepts)
+
+
+def test_v_prediction_model_trains_in_its_own_parameterisation(pack_nodes, sd15_clip):
+    from tiny_comfy import build_patcher
+
+    with torch.inference_mode():
+        model = build_patcher("SD15", seed=1, model_channels=64, v_prediction=True)
+    concepts, _ = load_concepts(pack_nodes, "a red circle -> a red shape")
+    target = encode(sd15_clip, "a red circle")
+    erased, erasure, _ = unlearn(pack_nodes, model, sd15_clip, concepts)
+    assert erasure.metadata["prediction_type"] == "v_prediction"
+    assert not torch.allclose(apply_model(erased, target), apply_model(model, target))
+
+
+def test_sdxl_family_trains_with_y_conditioning_and_refuses_sd15_erasures(pack_nodes, sd15_model, sd15_clip):
+    """SDXL path (Segmind-Vega-shaped UNet with ADM ``y``); the text encoders are a stand-in (see tiny_comfy)."""
+    from tiny_comfy import StandInSDXLClip, build_patcher
+
+    with torch.inference_mode():
+        sdxl = build_patcher("Segmind_Vega", seed=0, model_channels=64)
+    concepts, _ = load_concepts(pack_nodes, "a red circle -> a red shape\nkeep: a blue square")
+    erased, erasure, _ = unlearn(pack_nodes, sdxl, StandInSDXLClip(), concepts, steps=2)
+    assert erasure.metadata["family"] == "Segmind_Vega"
+    assert any(erasure.delta(n).abs().sum() > 0 for n in erasure.names)
+    assert set(erased.patches) == {"diffusion_model." + n for n in erasure.names}
+    _, sd15_erasure, _ = unlearn(pack_nodes, sd15_model, sd15_clip, concepts, steps=1)
+    with pytest.raises(ValueError, match="made for a SD15 model and does not fit this Segmind_Vega model"):
+        with torch.inference_mode():
+            pack_nodes["DivergenceUnlearnApplyErasure"]().apply(sdxl, 1.0, "none", sd15_erasure)
+
+
+def test_cancel_stops_within_a_step_and_frees_the_training_copy(pack_nodes, sd15_model, sd15_clip):
+    import gc
+
+    import comfy.model_management as mm
+
+    concepts, _ = load_concepts(pack_nodes, "a red circle -> a red shape")
+    mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            unlearn(pack_nodes, sd15_model, sd15_clip, concepts, steps=10000)
+    finally:
+        mm.interrupt_current_processing(False)
+    gc.collect()
+    copies = [o for o in gc.get_objects() if type(o).__name__ == "ComfyDenoiser"]
+    assert all(o.net is None for o in copies), "a training copy of the UNet outlived the cancelled run"

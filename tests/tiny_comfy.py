@@ -2,7 +2,8 @@
 
 - A slim SD1.5-family UNet (model_channels 320, context 768, one level: ~26M parameters) that
   ComfyUI's model detection classifies as SD15, and its v-prediction twin (SD2.x-style schedule).
-- An SDXL-family UNet (Segmind Vega depths, ~112M parameters) for the ``y`` conditioning path.
+- An SDXL-family UNet (Segmind Vega depths) for the ``y`` conditioning path, with a stand-in for
+  SDXL's two text encoders (see :class:`StandInSDXLClip`).
 - A CLIP-L text encoder with every output projection zero, so each layer is an identity and
   ``CLIPTextEncode`` gives ``final_layer_norm(token + position embedding)``: prompts differ exactly at
   the tokens that differ. Random small token embeddings make different prompts condition differently.
@@ -26,7 +27,7 @@ SD15_TINY = dict(image_size=32, use_checkpoint=False, use_spatial_transformer=Tr
                  use_temporal_attention=False)
 SDXL_TINY = dict(image_size=32, use_checkpoint=False, use_spatial_transformer=True, legacy=False, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[2, 2, 2], channel_mult=[1, 1, 1],
                  transformer_depth=[0, 0, 1, 1, 2, 2], transformer_depth_output=[0, 0, 0, 1, 1, 1, 2, 2, 2],
-                 transformer_depth_middle=2, context_dim=2048, use_linear_in_transformer=True, adm_in_channels=2816,
+                 transformer_depth_middle=2, context_dim=2048, use_linear_in_transformer=True, adm_in_channels=2816, num_classes="sequential",
                  use_temporal_attention=False)
 
 
@@ -43,27 +44,48 @@ def init_weights(module: torch.nn.Module, seed: int = 0) -> None:
             p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(math.prod(p.shape[1:])))
 
 
-def build_unet(family: str = "SD15", seed: int = 0, model_channels: int = 320):
+def build_unet(family: str = "SD15", seed: int = 0, model_channels: int = 320, v_prediction: bool = False):
     """A ComfyUI BaseModel of the given family class (from comfy.supported_models) with tiny weights.
 
     ``model_channels`` 320 is what file detection needs; in-process tests use fewer for speed.
+    ``v_prediction`` builds the same network as a v-prediction model (as SD2.x-768 is).
     """
+    import comfy.model_base
     import comfy.supported_models as sm
 
     config_cls = getattr(sm, family)
     unet_config = dict(SDXL_TINY if family in ("SDXL", "Segmind_Vega") else SD15_TINY, model_channels=model_channels)
     config = config_cls(unet_config)
     config.set_inference_dtype(torch.float32, None)
-    model = config.get_model({}, "")
+    if v_prediction:
+        model = comfy.model_base.BaseModel(config, model_type=comfy.model_base.ModelType.V_PREDICTION)
+    else:
+        model = config.get_model({}, "")
     init_weights(model.diffusion_model, seed)
     return model
 
 
-def build_patcher(family: str = "SD15", seed: int = 0, model_channels: int = 320):
+def build_patcher(family: str = "SD15", seed: int = 0, model_channels: int = 320, v_prediction: bool = False):
     import comfy.model_patcher
 
-    model = build_unet(family, seed, model_channels)
+    model = build_unet(family, seed, model_channels, v_prediction)
     return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+class StandInSDXLClip:
+    """STAND-IN for SDXL's text encoders (CLIP-L + CLIP-G, ~820M parameters: too large to write and load
+    in CI). Same interface as ComfyUI's CLIP for what the pack calls (tokenize, encode_from_tokens):
+    a [1, 77, 2048] context and a [1, 1280] pooled vector, deterministic per prompt. The UNet, its
+    ``y``/ADM conditioning and everything downstream are ComfyUI's real classes."""
+
+    def tokenize(self, text: str):
+        return text
+
+    def encode_from_tokens(self, tokens, return_pooled: bool = False):
+        gen = torch.Generator().manual_seed(sum(ord(c) * (i + 1) for i, c in enumerate(tokens)) % (2**31))
+        cond = torch.randn(1, 77, 2048, generator=gen)
+        pooled = torch.randn(1, 1280, generator=gen)
+        return (cond, pooled) if return_pooled else cond
 
 
 def clip_l_state_dict(seed: int = 0, prefix: str = "cond_stage_model.transformer.text_model.") -> dict:
