@@ -11,32 +11,47 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-WORKFLOWS = sorted((Path(__file__).resolve().parents[1] / "workflows").glob("*_api.json"))
+WORKFLOW_DIR = Path(__file__).resolve().parents[1] / "workflows"
+WORKFLOWS = sorted(WORKFLOW_DIR.glob("*_api.json"))
+ERASE_THEN_GENERATE = WORKFLOW_DIR / "erase_then_generate_api.json"
 TINY = "tiny_sd15.safetensors"
 
 
-def adapt_for_tiny(prompt: dict) -> dict:
+def adapt_for_tiny(prompt: dict, erasure_file: str | None = None) -> dict:
     """Same graph on the tiny checkpoint with quick settings. The tiny checkpoint has no VAE, so each
-    VAEDecode becomes a SaveLatent of its latent, and image nodes fed by it are dropped."""
+    VAEDecode becomes a SaveLatent of its latent, and the image nodes downstream of it are dropped."""
     prompt = copy.deepcopy(prompt)
     quick = {
         "CheckpointLoaderSimple": dict(ckpt_name=TINY),
         "DivergenceUnlearn": dict(steps=3, resolution=32, anchor_samples=1, sample_steps=2, batch_size=1,
                                   precision="fp32"),
         "DivergenceUnlearnErasureReport": dict(resolution=32, probes=1),
+        "DivergenceUnlearnApplyErasure": dict(erasure_file=erasure_file) if erasure_file else {},
         "EmptyLatentImage": dict(width=32, height=32),
         "KSampler": dict(steps=2),
     }
     for node in prompt.values():
         node["inputs"].update(quick.get(node["class_type"], {}))
-    for nid, node in list(prompt.items()):
-        if node["class_type"] == "VAEDecode":
-            prompt[nid] = {"class_type": "SaveLatent",
-                           "inputs": {"samples": node["inputs"]["samples"], "filename_prefix": "tiny/latent"}}
-            for other, consumer in list(prompt.items()):
-                if consumer["inputs"].get("images") == [nid, 0]:
-                    del prompt[other]
-    return prompt
+    dropped = {nid for nid, node in prompt.items() if node["class_type"] == "VAEDecode"}
+    for nid in dropped:
+        prompt[nid] = {"class_type": "SaveLatent",
+                       "inputs": {"samples": prompt[nid]["inputs"]["samples"], "filename_prefix": f"tiny/latent_{nid}"}}
+    while True:
+        downstream = [nid for nid, node in prompt.items()
+                      if any(isinstance(v, list) and v[0] in dropped for v in node["inputs"].values())]
+        if not downstream:
+            return prompt
+        for nid in downstream:
+            del prompt[nid]
+        dropped = set(downstream)
+
+
+@pytest.fixture(scope="module")
+def saved_erasure(server) -> str:
+    """A file saved by Save Erasure in a real run (relative to the loras folder)."""
+    prompt = adapt_for_tiny(json.loads(ERASE_THEN_GENERATE.read_text()))
+    entry = server.run(prompt, timeout=600)
+    return next(o["text"][0] for o in entry["outputs"].values() if "text" in o)
 
 
 def test_object_info_lists_the_nodes_with_inputs(server):
@@ -54,22 +69,24 @@ def test_object_info_lists_the_nodes_with_inputs(server):
 
 
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=[w.stem for w in WORKFLOWS])
-def test_shipped_api_workflow_runs_headless(server, workflow):
-    prompt = adapt_for_tiny(json.loads(workflow.read_text()))
+def test_shipped_api_workflow_runs_headless(server, workflow, saved_erasure):
+    prompt = adapt_for_tiny(json.loads(workflow.read_text()), saved_erasure)
     started = time.monotonic()
     entry = server.run(prompt, timeout=600)
     outputs = entry["outputs"]
     print(f"{workflow.name}: {time.monotonic() - started:.1f} s")
-    saved = [o for o in outputs.values() if "text" in o]
+    texts = [t for o in outputs.values() for t in o.get("text", [])]
     images = [img for o in outputs.values() for img in o.get("images", [])]
     if any(n["class_type"] == "DivergenceUnlearnSaveErasure" for n in prompt.values()):
-        assert saved and saved[0]["text"][0].endswith(".safetensors")
+        assert any(t.endswith(".safetensors") for t in texts), texts
+    if any(n["class_type"] == "DivergenceUnlearnErasureReport" for n in prompt.values()):
+        assert any("moved" in t for t in texts), texts
     if any(n["class_type"] == "SaveImage" for n in prompt.values()):
         assert images and all((server.output_dir / i["subfolder"] / i["filename"]).is_file() for i in images)
 
 
 def test_interrupt_during_training_ends_the_prompt_as_interrupted(server):
-    prompt = adapt_for_tiny(json.loads(WORKFLOWS[0].read_text()))
+    prompt = adapt_for_tiny(json.loads(ERASE_THEN_GENERATE.read_text()))
     unlearn = next(n for n in prompt.values() if n["class_type"] == "DivergenceUnlearn")
     unlearn["inputs"]["steps"] = 100000
     unlearn["inputs"]["seed"] = 12345  # not cached from the other test
@@ -86,7 +103,7 @@ def test_interrupt_during_training_ends_the_prompt_as_interrupted(server):
 
 
 def test_requeuing_an_unchanged_graph_does_not_retrain(server):
-    prompt = adapt_for_tiny(json.loads(WORKFLOWS[0].read_text()))
+    prompt = adapt_for_tiny(json.loads(ERASE_THEN_GENERATE.read_text()))
     server.run(prompt, timeout=600)
     entry = server.run(prompt, timeout=600)
     cached = [set(m[1].get("nodes", [])) for m in entry["status"]["messages"] if m[0] == "execution_cached"]
