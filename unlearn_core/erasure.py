@@ -76,8 +76,24 @@ class Erasure:
     def deltas(self) -> dict[str, Tensor]:
         return {name: self.delta(name) for name in self.names}
 
-    def check_against(self, named_shapes: dict[str, tuple[int, ...]], family: str) -> None:
-        """Raise :class:`ErasureError` unless every tensor exists in the model with the same shape."""
+    def require_key_format(self, key_format: str) -> None:
+        """Raise :class:`ErasureError` unless the tensors are named in ``key_format`` ("diffusers" or "ldm")."""
+        mine = self.metadata.get("key_format")
+        if mine == key_format:
+            return
+        if mine == "ldm":
+            raise ErasureError(
+                "this erasure came from ComfyUI (its tensors have ComfyUI/ldm names, not diffusers ones): "
+                "use its .safetensors file in ComfyUI directly (Apply Erased UNet, or the stock LoraLoaderModelOnly)")
+        raise ErasureError(f"this erasure's tensors have {mine or 'unrecorded'} names but {key_format} names are "
+                           f"needed here: use it with the kind of model it was trained on")
+
+    def check_against(self, named_shapes: dict[str, tuple[int, ...]], family: str,
+                      key_format: str | None = None) -> None:
+        """Raise :class:`ErasureError` unless every tensor exists in the model with the same shape
+        (and, when ``key_format`` is given, the erasure names its tensors that way)."""
+        if key_format is not None:
+            self.require_key_format(key_format)
         mine = self.metadata.get("family", "unknown")
         missing = [n for n in self.names if n not in named_shapes]
         wrong = [n for n in self.names if n in named_shapes and tuple(named_shapes[n]) != tuple(self.shapes[n])]

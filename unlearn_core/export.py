@@ -1,0 +1,108 @@
+"""Erasures in other shapes: low-rank factors for the ComfyUI file, and a diffusers (PEFT) LoRA state dict.
+
+A full delta ``D`` [out, in] becomes ``up @ down`` from its SVD, ``up = U_r sqrt(S_r)`` and
+``down = sqrt(S_r) V_r^T``, truncated at the numerical rank (the dropped singular values weigh no more
+than float32 rounding of ``D``) or at a smaller rank the caller asks for, with the relative Frobenius
+error ``||D - up @ down||_F / ||D||_F``.
+
+diffusers (0.42) reads ``unet.<module path>.lora_A.weight`` [r, in] and ``.lora_B.weight`` [out, r];
+without alphas in the state dict it sets PEFT's ``lora_alpha`` equal to each module's rank, so
+``W = W0 + lora_B @ lora_A`` with scale 1. Our own ``alpha / rank`` is therefore folded into ``lora_B``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+
+from .erasure import Erasure, ErasureError
+
+
+def numerical_rank(singular_values: Tensor) -> int:
+    """The smallest rank whose dropped singular values weigh no more than float32 rounding: the tail's
+    Frobenius norm is at most ``eps(float32) * ||D||_F`` (so the truncation is exact for float32 data)."""
+    tails = singular_values.double().flip(0).square().cumsum(0).flip(0).sqrt()  # tails[i] = ||s[i:]||
+    if tails.numel() == 0 or tails[0] == 0:
+        return 0
+    return int((tails > torch.finfo(torch.float32).eps * tails[0]).sum())
+
+
+def factorise(delta: Tensor, rank: int | None = None) -> tuple[Tensor, Tensor, float]:
+    """(up [out, r], down [r, in], relative Frobenius error) of a 2-D ``delta``, r = min(rank, numerical rank)."""
+    d = delta.detach().double().cpu()
+    u, s, vh = torch.linalg.svd(d, full_matrices=False)
+    r = max(1, numerical_rank(s))
+    if rank is not None:
+        r = min(rank, r)
+    root = s[:r].sqrt()
+    up, down = (u[:, :r] * root).float(), (root[:, None] * vh[:r]).float()
+    norm = torch.linalg.matrix_norm(d)
+    error = torch.linalg.matrix_norm(d - up.double() @ down.double()) / norm if norm > 0 else torch.zeros(())
+    return up, down, float(error)
+
+
+def low_rank(erasure: Erasure, rank: int | None = None) -> tuple[Erasure, dict[str, float]]:
+    """The erasure with every full delta of two or more dimensions as LoRA factors (``alpha = rank``, scale 1),
+    and each converted tensor's relative Frobenius error.
+
+    ``rank=None`` keeps each tensor's numerical rank (exact); an int caps it. 1-D deltas (biases, norms)
+    stay full, and tensors that were already trained as LoRA pass through unchanged. The result saves
+    to the same ComfyUI file format (``lora_up``/``lora_down``/``alpha`` keys).
+    """
+    if rank is not None and rank < 1:
+        raise ValueError(f"rank must be at least 1 (or None for each tensor's exact numerical rank), got {rank}")
+    out = Erasure(lora=dict(erasure.lora), shapes=dict(erasure.shapes), metadata=dict(erasure.metadata))
+    errors: dict[str, float] = {}
+    for name, delta in erasure.full.items():
+        if delta.dim() < 2:
+            out.full[name] = delta
+            continue
+        up, down, errors[name] = factorise(delta.reshape(delta.shape[0], -1), rank)
+        out.lora[name] = (up, down, float(up.shape[1]))
+    out.metadata["low_rank"] = {"rank": rank, "max_relative_error": max(errors.values(), default=0.0)}
+    return out, errors
+
+
+def unsupported_tensors(erasure: Erasure) -> list[str]:
+    """Names a diffusers LoRA cannot carry: everything but 2-D ``.weight`` tensors (linear layers)."""
+    return [n for n in erasure.names if not (n.endswith(".weight") and len(erasure.shapes[n]) == 2)]
+
+
+def to_diffusers_lora(erasure: Erasure, skip_unsupported: bool = False) -> dict[str, Tensor]:
+    """A state dict that ``StableDiffusionPipeline.load_lora_weights`` (or the SDXL one) loads into the UNet.
+
+    Full deltas are factorised exactly (numerical rank); for a smaller LoRA pass ``low_rank(erasure, r)[0]``,
+    whose second value holds the approximation errors. Tensors other than linear weights raise
+    :class:`ErasureError` naming them, unless ``skip_unsupported`` (then a warning names what was left out).
+    """
+    erasure.require_key_format("diffusers")
+    skipped = unsupported_tensors(erasure)
+    if skipped and not skip_unsupported:
+        raise ErasureError(
+            f"a diffusers LoRA carries linear weights only, and this erasure also updates {len(skipped)} other "
+            f"tensors ({_listing(skipped)}): train with a lora_rank and a parameter set without biases "
+            "(cross_attn_kv), or pass skip_unsupported=True to export without them")
+    if skipped:
+        warnings.warn(f"left out of the diffusers LoRA ({len(skipped)} tensors, so it is not the whole erasure): "
+                      f"{_listing(skipped)}", stacklevel=2)
+    state: dict[str, Tensor] = {}
+    for name in erasure.names:
+        if name in skipped:
+            continue
+        if name in erasure.full:
+            up, down, _ = factorise(erasure.full[name])
+        else:
+            up, down, alpha = erasure.lora[name]
+            up = up.float() * (alpha / up.shape[1])
+        module = "unet." + name[: -len(".weight")]
+        state[module + ".lora_A.weight"] = down.float().contiguous()
+        state[module + ".lora_B.weight"] = up.float().contiguous()
+    return state
+
+
+def _listing(names: list[str], shown: int = 4) -> str:
+    """The first few names, then how many more."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
