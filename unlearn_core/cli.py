@@ -1,4 +1,4 @@
-"""Command line: ``python -m unlearn_core {toy-pipeline,erase} ...`` on diffusers pipeline folders."""
+"""Command line: ``python -m unlearn_core {toy-pipeline,erase,generate} ...`` on diffusers pipeline folders."""
 
 from __future__ import annotations
 
@@ -61,6 +61,29 @@ def cmd_erase(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    from .adapters.diffusers_sd import DiffusersDenoiser, before_after_images
+    from .erasure import Erasure
+    from .plot import comparison_grid
+
+    prompts = [p.strip() for p in args.prompts.split(";") if p.strip()]
+    if not prompts:
+        raise ValueError("--prompts has no prompt: give prompts separated by ';', e.g. 'a red circle; a blue square'")
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"the grid is written as PNG: give --out a .png name, not {out.name!r}")
+    erasure = Erasure.load(args.erasure)
+    _, pipe = DiffusersDenoiser.from_folder(args.pipeline, device=args.device)
+    pairs = before_after_images(pipe, erasure, prompts, steps=args.steps, seed=args.seed, guidance=args.guidance,
+                                resolution=args.resolution, strength=args.strength)
+    grid = comparison_grid([(p, list(images)) for p, images in zip(prompts, pairs)],
+                           ["before", f"after (strength {args.strength:g})"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(out)
+    print(f"before/after grid of {len(prompts)} prompts written to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m unlearn_core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -93,6 +116,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--report-json", help="also write the prediction-space report as JSON")
     e.set_defaults(run=cmd_erase)
+
+    g = sub.add_parser("generate", help="images before and after an erasure, as a labelled PNG grid")
+    g.add_argument("--pipeline", required=True, help="the diffusers pipeline folder the erasure was trained on")
+    g.add_argument("--erasure", required=True, help="an erasure .safetensors file written by `erase`")
+    g.add_argument("--prompts", required=True, help="prompts separated by ';' (one grid row each)")
+    g.add_argument("--out", required=True, help="output .png file")
+    g.add_argument("--steps", type=int, default=30)
+    g.add_argument("--seed", type=int, default=0, help="the same seed for both images of a row")
+    g.add_argument("--guidance", type=float, default=7.5)
+    g.add_argument("--resolution", type=int, help="image side in pixels (default: the pipeline's own)")
+    g.add_argument("--strength", type=float, default=1.0, help="W = W0 + strength * delta")
+    g.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    g.set_defaults(run=cmd_generate)
     return parser
 
 

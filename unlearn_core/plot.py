@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
+import textwrap
 
 from PIL import Image, ImageDraw
 
 COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189)]
+LABEL_WIDTH = 200  # pixels of the prompt column in comparison grids
+HEADER_HEIGHT = 20  # pixels of the column-title row in comparison grids
+LINE_HEIGHT = 12
 
 
 def line_chart(series: dict[str, list[float]], title: str, width: int = 640, height: int = 360) -> Image.Image:
@@ -48,4 +52,21 @@ def bar_chart(bars: list[tuple[str, float]], title: str, width: int = 640, heigh
         x0 = width // 2
         draw.rectangle((x0, top + 2, x0 + (width - x0 - 60) * frac, top + row - 4), fill=COLOURS[i % 2])
         draw.text((width - 55, top + 2), f"{100 * value:.1f}%", fill="black")
+    return img
+
+
+def comparison_grid(rows: list[tuple[str, list[Image.Image]]], headers: list[str]) -> Image.Image:
+    """Rows of equally sized images, each labelled with its text on the left, under one title per column."""
+    cell_w, cell_h = rows[0][1][0].size
+    img = Image.new("RGB", (LABEL_WIDTH + cell_w * len(headers), HEADER_HEIGHT + cell_h * len(rows)), "white")
+    draw = ImageDraw.Draw(img)
+    for j, header in enumerate(headers):
+        draw.text((LABEL_WIDTH + j * cell_w + 4, 4), header, fill="black")
+    for i, (label, images) in enumerate(rows):
+        top = HEADER_HEIGHT + i * cell_h
+        lines = textwrap.wrap(label, width=30)[: max(1, cell_h // LINE_HEIGHT)]
+        for k, line in enumerate(lines):
+            draw.text((6, top + 4 + k * LINE_HEIGHT), line, fill="black")
+        for j, image in enumerate(images):
+            img.paste(image.convert("RGB"), (LABEL_WIDTH + j * cell_w, top))
     return img

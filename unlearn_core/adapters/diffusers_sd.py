@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 
 import torch
+from PIL import Image
 from torch import Tensor, nn
 
 from ..denoiser import Conditioning, Denoiser
+from ..erasure import Erasure, applied
 
 
 def family_of_unet(unet: nn.Module) -> str:
@@ -76,3 +78,24 @@ class DiffusersDenoiser(Denoiser):
         time_ids = torch.tensor([[height, width, 0, 0, height, width]] * len(prompts), device=self.device)
         return {"context": torch.cat([h1, h2], dim=-1).to(self.dtype),
                 "text_embeds": out2.text_embeds.to(self.dtype), "time_ids": time_ids.to(self.dtype)}
+
+
+def before_after_images(pipe, erasure: Erasure, prompts: list[str], steps: int = 30, seed: int = 0,
+                        guidance: float = 7.5, resolution: int | None = None,
+                        strength: float = 1.0) -> list[tuple[Image.Image, Image.Image]]:
+    """(image without, image with the erasure) per prompt, both from ``seed``; ``pipe`` is left as it was.
+
+    The erasure is checked against ``pipe.unet`` first (names, shapes, diffusers key format).
+    """
+    unet = pipe.unet
+    erasure.check_against({n: tuple(p.shape) for n, p in unet.named_parameters()}, family_of_unet(unet),
+                          key_format="diffusers")
+
+    def images() -> list[Image.Image]:
+        return [pipe(prompt, height=resolution, width=resolution, num_inference_steps=steps, guidance_scale=guidance,
+                     generator=torch.Generator().manual_seed(seed)).images[0] for prompt in prompts]
+
+    before = images()
+    with applied(unet, erasure, strength):
+        after = images()
+    return list(zip(before, after))
