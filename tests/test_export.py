@@ -47,8 +47,7 @@ def loaded_prediction(tiny_pipe, denoiser, state):
     pytest.importorskip("peft")
     pipe = copy.deepcopy(tiny_pipe)
     pipe.load_lora_weights(state)
-    x, t, cond = probe(denoiser)
-    return pipe.unet(x, t, encoder_hidden_states=cond["context"]).sample
+    return DiffusersDenoiser.from_pipeline(pipe)(*probe(denoiser))
 
 
 def test_full_deltas_load_into_diffusers_and_predict_like_the_erasure(tiny_pipe, denoiser, full_erasure):
