@@ -62,6 +62,7 @@ def cmd_erase(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    """Write the before/after grid of ``--prompts`` for ``--erasure`` on ``--pipeline``."""
     from .adapters.diffusers_sd import DiffusersDenoiser, before_after_images
     from .erasure import Erasure
     from .plot import comparison_grid

@@ -21,8 +21,7 @@ from .erasure import Erasure, ErasureError
 
 
 def numerical_rank(singular_values: Tensor) -> int:
-    """The smallest rank whose dropped singular values weigh no more than float32 rounding: the tail's
-    Frobenius norm is at most ``eps(float32) * ||D||_F`` (so the truncation is exact for float32 data)."""
+    """The smallest rank whose dropped singular values have a norm within float32 rounding (eps * ||D||_F)."""
     tails = singular_values.double().flip(0).square().cumsum(0).flip(0).sqrt()  # tails[i] = ||s[i:]||
     if tails.numel() == 0 or tails[0] == 0:
         return 0
@@ -82,15 +81,14 @@ def to_diffusers_lora(erasure: Erasure, skip_unsupported: bool = False) -> dict[
     if skipped and not skip_unsupported:
         raise ErasureError(
             f"a diffusers LoRA carries linear weights only, and this erasure also updates {len(skipped)} other "
-            f"tensors ({_listing(skipped)}): train with a lora_rank and a parameter set without biases "
-            "(cross_attn_kv), or pass skip_unsupported=True to export without them")
+            f"tensors ({_listing(skipped)}): train with a parameter set of linear weights only (cross_attn_kv), "
+            "or pass skip_unsupported=True to export without them")
     if skipped:
         warnings.warn(f"left out of the diffusers LoRA ({len(skipped)} tensors, so it is not the whole erasure): "
                       f"{_listing(skipped)}", stacklevel=2)
+    left_out = set(skipped)
     state: dict[str, Tensor] = {}
-    for name in erasure.names:
-        if name in skipped:
-            continue
+    for name in (n for n in erasure.names if n not in left_out):
         if name in erasure.full:
             up, down, _ = factorise(erasure.full[name])
         else:
