@@ -18,7 +18,7 @@ from unlearn_core.plot import HEADER_HEIGHT, LABEL_WIDTH
 from unlearn_core.trainer import EraseConfig, erase
 
 SIDE = 16
-IMAGES = dict(steps=2, resolution=SIDE)
+IMAGES = dict(steps=1, resolution=SIDE)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_cli_writes_a_labelled_grid(tiny_pipe, erasure, tmp_path):
     erasure.save(tmp_path / "e.safetensors")
     out = subprocess.run([sys.executable, "-m", "unlearn_core", "generate", "--pipeline", str(tmp_path / "pipe"),
                           "--erasure", str(tmp_path / "e.safetensors"), "--prompts", "a red circle; a blue square",
-                          "--steps", "2", "--resolution", str(SIDE), "--out", str(tmp_path / "grid.png")],
+                          "--steps", "1", "--resolution", str(SIDE), "--out", str(tmp_path / "grid.png")],
                          check=True, capture_output=True, text=True)
     assert "grid of 2 prompts written to" in out.stdout
     grid = np.asarray(Image.open(tmp_path / "grid.png"))
