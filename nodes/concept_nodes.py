@@ -27,7 +27,8 @@ class LoadConceptSet:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "text": ("STRING", {"multiline": True, "default": EXAMPLE,
+                # dynamicPrompts off: the frontend would otherwise eat the "{}" of our templates
+                "text": ("STRING", {"multiline": True, "dynamicPrompts": False, "default": EXAMPLE,
                                     "tooltip": "Lines `target -> anchor`, `keep: prompt`, `template: ...{}...`, "
                                                "`preset: name`, and # comments."}),
                 "preset": ([NONE, *preset_names()], {"default": NONE,

@@ -1,0 +1,57 @@
+"""The UI workflows open in ComfyUI's real frontend (headless Chromium) and queue their API twins.
+
+Needs Debian's ``chromium`` and the ``playwright`` package (its driver only; the browser is the system
+one). The frontend converts each loaded graph with its own ``graphToPrompt``; the result must equal
+the API-format file shipped beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from workflow_format import WORKFLOWS
+
+pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+UI_FILES = sorted(WORKFLOWS.glob("*_ui.json"))
+APP = "(window.app || (window.comfyAPI && window.comfyAPI.app && window.comfyAPI.app.app))"
+READY = (f"() => {{ const app = {APP}; const types = window.LiteGraph && window.LiteGraph.registered_node_types;"
+         " return !!(app && app.graph && app.canvas && types && types.KSampler && types.DivergenceUnlearn); }")
+LOAD_AND_CONVERT = f"""async (workflow) => {{
+    const app = {APP};
+    await app.loadGraphData(workflow);
+    const prompt = await app.graphToPrompt();
+    return prompt.output;
+}}"""
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    if CHROMIUM is None:
+        pytest.fail("the frontend tests need Chromium: apt-get install chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server.url, wait_until="networkidle")
+        page.wait_for_function(READY, timeout=60000)  # set up, every node type registered
+        page.errors = errors
+        yield page
+        browser.close()
+
+
+@pytest.mark.parametrize("ui_file", UI_FILES, ids=[f.stem for f in UI_FILES])
+def test_ui_workflow_opens_in_the_frontend_and_queues_its_api_twin(page, ui_file):
+    api = json.loads(ui_file.with_name(ui_file.name.replace("_ui.json", "_api.json")).read_text())
+    output = page.evaluate(LOAD_AND_CONVERT, json.loads(ui_file.read_text()))
+    strip = lambda p: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in p.items()}  # noqa: E731
+    assert strip(output) == strip(api)
+    assert not [e for e in page.errors if "DivergenceUnlearn" in e], page.errors
