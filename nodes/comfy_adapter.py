@@ -63,6 +63,10 @@ class ComfyDenoiser(Denoiser):
         extra = {"y": cond["y"]} if "y" in cond else {}
         return self.net(x_t, timesteps.float(), context=cond["context"], **extra)
 
+    def checkpoint_blocks(self) -> list[str]:
+        return ([f"input_blocks.{i}" for i in range(len(self.net.input_blocks))] + ["middle_block"]
+                + [f"output_blocks.{i}" for i in range(len(self.net.output_blocks))])
+
     def encode_prompts(self, prompts: list[str], size: tuple[int, int]) -> Conditioning:
         contexts, ys = [], []
         height, width = size

@@ -92,6 +92,8 @@ class DivergenceUnlearn:
                                                   "tooltip": "Weight of the keep prompts' loss."}),
                 "precision": (list(PRECISIONS), {"default": "bf16",
                               "tooltip": "Autocast precision on GPU (weights stay fp32); CPU always uses fp32."}),
+                "gradient_checkpointing": ("BOOLEAN", {"default": False, "tooltip":
+                                           "Recompute activations in backward: less GPU memory, slower steps."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Same seed, same erasure."}),
             },
             "optional": {
@@ -101,12 +103,13 @@ class DivergenceUnlearn:
 
     def unlearn(self, model, clip, concepts, divergence, alpha, sigma, target_mode, guidance_eta, parameter_set,
                 lora_rank, steps, learning_rate, batch_size, resolution, x_source, anchor_samples, sample_steps,
-                preservation_weight, precision, seed, latents=None):
+                preservation_weight, precision, gradient_checkpointing, seed, latents=None):
         config = EraseConfig(
             divergence=divergence, alpha=alpha, sigma=sigma, target_mode=target_mode, guidance_eta=guidance_eta,
             parameter_set=parameter_set, lora_rank=lora_rank, steps=steps, learning_rate=learning_rate,
             batch_size=batch_size, resolution=resolution, x_source=x_source, num_samples=anchor_samples,
-            sample_steps=sample_steps, preservation_weight=preservation_weight, precision=precision, seed=seed,
+            sample_steps=sample_steps, preservation_weight=preservation_weight, precision=precision,
+            gradient_checkpointing=gradient_checkpointing, seed=seed,
         )
         user_latents = None
         if latents is not None:

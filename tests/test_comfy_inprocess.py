@@ -36,7 +36,7 @@ def unlearn(pack_nodes, model, clip, concepts, **overrides):
     args = dict(divergence="hellinger", alpha=0.5, sigma=1.0, target_mode="anchor", guidance_eta=1.0,
                 parameter_set="cross_attn_kv", lora_rank=0, steps=3, learning_rate=1e-3, batch_size=1,
                 resolution=32, x_source="anchor_samples", anchor_samples=2, sample_steps=2,
-                preservation_weight=1.0, precision="fp32", seed=0)
+                preservation_weight=1.0, precision="fp32", gradient_checkpointing=False, seed=0)
     args.update(overrides)
     with torch.inference_mode():  # as ComfyUI's executor runs every node
         return pack_nodes["DivergenceUnlearn"]().unlearn(model, clip, concepts, **args)
@@ -197,3 +197,10 @@ def test_cancel_stops_within_a_step_and_frees_the_training_copy(pack_nodes, sd15
     gc.collect()
     copies = [o for o in gc.get_objects() if type(o).__name__ == "ComfyDenoiser"]
     assert all(o.net is None for o in copies), "a training copy of the UNet outlived the cancelled run"
+
+
+def test_gradient_checkpointing_in_the_host_gives_the_same_erasure(pack_nodes, sd15_model, sd15_clip):
+    concepts, _ = load_concepts(pack_nodes, "a red circle -> a red shape")
+    _, plain, _ = unlearn(pack_nodes, sd15_model, sd15_clip, concepts, steps=2)
+    _, ckpt, _ = unlearn(pack_nodes, sd15_model, sd15_clip, concepts, steps=2, gradient_checkpointing=True)
+    assert all(torch.allclose(plain.delta(n), ckpt.delta(n), atol=1e-6) for n in plain.names)

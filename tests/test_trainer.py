@@ -129,3 +129,29 @@ def test_check_against_names_both_families(denoiser):
     name = erasure.names[0]
     with pytest.raises(ErasureError, match=r"made for a .* model and does not fit this SDXL model"):
         erasure.check_against({**shapes, name: (1, 1)}, "SDXL")
+
+
+def test_gradient_checkpointing_recomputes_blocks_and_gives_the_same_erasure(denoiser):
+    calls = []
+    block = denoiser.net.get_submodule(denoiser.checkpoint_blocks()[0])
+    # the recompute calls the block's own forward (no hooks of its own), so count a layer inside it
+    inner = next(m for m in block.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    hook = inner.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        plain = erase(denoiser, CONCEPTS, EraseConfig(steps=2, **QUICK))
+        plain_calls = len(calls)
+        calls.clear()
+        ckpt = erase(denoiser, CONCEPTS, EraseConfig(steps=2, gradient_checkpointing=True, **QUICK))
+    finally:
+        hook.remove()
+    assert len(calls) > plain_calls, "no block was recomputed during backward"
+    assert all(torch.allclose(plain.delta(n), ckpt.delta(n), atol=1e-7) for n in plain.names)
+    assert not any(hasattr(m, "forward") and "forward" in vars(m) for m in denoiser.net.modules())
+
+
+def test_full_parameter_set_trains_every_tensor_and_restores_the_network(denoiser):
+    before = {n: p for n, p in denoiser.net.named_parameters()}
+    erasure = erase(denoiser, CONCEPTS, EraseConfig(parameter_set="full", steps=1, **QUICK))
+    after = dict(denoiser.net.named_parameters())
+    assert set(erasure.names) == set(before)
+    assert all(after[n] is before[n] for n in before), "a parameter object was replaced"

@@ -50,7 +50,7 @@ def cmd_erase(args) -> int:
                          parameter_set=args.parameter_set, lora_rank=args.lora_rank, steps=args.steps,
                          learning_rate=args.lr, batch_size=args.batch_size, resolution=args.resolution,
                          num_samples=args.anchor_samples, sample_steps=args.sample_steps, seed=args.seed,
-                         precision=args.precision)
+                         precision=args.precision, gradient_checkpointing=args.gradient_checkpointing)
     erasure = erase(denoiser, concepts, config, callback=_progress)
     path = erasure.save(args.out)
     report = measure(denoiser, erasure, concepts, resolution=args.resolution)
@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--anchor-samples", type=int, default=8)
     e.add_argument("--sample-steps", type=int, default=20)
     e.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    e.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute activations in backward (less memory, slower)")
     e.add_argument("--device", default="cuda" if _cuda() else "cpu")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--report-json", help="also write the prediction-space report as JSON")

@@ -40,6 +40,10 @@ class Denoiser(nn.Module):
         """Conditioning for ``prompts`` at image ``size`` (height, width in pixels)."""
         raise NotImplementedError
 
+    def checkpoint_blocks(self) -> list[str]:
+        """Names (inside ``net``) of the blocks that gradient checkpointing recomputes in backward."""
+        raise NotImplementedError
+
     @property
     def device(self) -> torch.device:
         return next(self.net.parameters()).device

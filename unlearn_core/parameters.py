@@ -76,6 +76,7 @@ class WeightDeltas(nn.Module):
                  generator: torch.Generator | None = None):
         super().__init__()
         self.names = list(originals)
+        self._index = {name: i for i, name in enumerate(self.names)}
         self.shapes = {n: tuple(t.shape) for n, t in originals.items()}
         self.rank = rank
         self.alpha = float(alpha if alpha is not None else rank)
@@ -101,10 +102,6 @@ class WeightDeltas(nn.Module):
         up, down = self.up[key], self.down[key]
         return (self.alpha / up.shape[1]) * (up @ down).view(self.shapes[self.names[index]])
 
-    def deltas(self) -> dict[str, Tensor]:
-        """Every update, by tensor name (float32, still attached to the autograd graph)."""
-        return {name: self.delta(i) for i, name in enumerate(self.names)}
-
-    def apply_to(self, originals: dict[str, Tensor]) -> dict[str, Tensor]:
-        """``W0 + delta`` for every tensor, in the originals' dtype (what ``functional_call`` receives)."""
-        return {name: originals[name] + self.delta(i).to(originals[name].dtype) for i, name in enumerate(self.names)}
+    def delta_of(self, name: str) -> Tensor:
+        """The float32 update of the tensor called ``name``."""
+        return self.delta(self._index[name])

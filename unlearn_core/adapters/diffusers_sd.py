@@ -61,6 +61,11 @@ class DiffusersDenoiser(Denoiser):
         added = {"text_embeds": cond["text_embeds"], "time_ids": cond["time_ids"]} if "text_embeds" in cond else None
         return self.net(x_t, timesteps, encoder_hidden_states=cond["context"], added_cond_kwargs=added).sample
 
+    def checkpoint_blocks(self) -> list[str]:
+        names = [f"down_blocks.{i}" for i in range(len(self.net.down_blocks))]
+        names += ["mid_block"] if self.net.mid_block is not None else []
+        return names + [f"up_blocks.{i}" for i in range(len(self.net.up_blocks))]
+
     def _hidden(self, encoder: nn.Module, tokenizer, prompts: list[str], penultimate: bool):
         ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
                         truncation=True, return_tensors="pt").input_ids.to(self.device)
