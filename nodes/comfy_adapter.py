@@ -21,6 +21,7 @@ import comfy.model_management as mm
 
 from ..unlearn_core.denoiser import Conditioning, Denoiser
 from ..unlearn_core.erasure import Erasure
+from ..unlearn_core.injection import DeltaInjection
 
 SUPPORTED_PREDICTIONS = {"EPS": "epsilon", "V_PREDICTION": "v_prediction"}
 
@@ -118,8 +119,8 @@ def _backward_works(net: torch.nn.Module, denoiser: Denoiser, cond: Conditioning
     t = torch.zeros(1, device=weight.device)
     small = {k: v[:1] for k, v in cond.items()}
     try:
-        out = torch.func.functional_call(denoiser, {"net." + name: weight + delta}, (x, t, small))
-        out.float().square().mean().backward()
+        with DeltaInjection(net, [name], lambda _: delta):
+            denoiser(x, t, small).float().square().mean().backward()
         return True
     except RuntimeError as e:
         if "inplace operation" in str(e):

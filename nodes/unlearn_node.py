@@ -11,7 +11,6 @@ import comfy.utils
 
 from ..unlearn_core.parameters import PARAMETER_SETS
 from ..unlearn_core.plot import line_chart
-from ..unlearn_core.schedule import TIMESTEP_SAMPLERS
 from ..unlearn_core.targets import TARGET_MODES
 from ..unlearn_core.trainer import PRECISIONS, EraseConfig, Eraser, StepInfo, divergence_names
 from .comfy_adapter import ComfyDenoiser, apply_erasure, training_compatible

@@ -9,19 +9,17 @@ guessed back from the underscored spelling.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from torch import Tensor, nn
+from torch import Tensor
 
 from . import __version__
 
@@ -171,25 +169,6 @@ class Erasure:
             else:
                 erasure.full[name] = tensors[key]
         return erasure
-
-
-@contextlib.contextmanager
-def applied(net: nn.Module, erasure: Erasure, strength: float = 1.0) -> Iterator[nn.Module]:
-    """``net`` with ``W0 + strength * delta`` written into its tensors inside the block, restored bit for bit after.
-
-    Check the erasure first (:meth:`Erasure.check_against`): a name ``net`` lacks raises ``KeyError``.
-    """
-    params = dict(net.named_parameters())
-    saved = {name: params[name].detach().clone() for name in erasure.names}
-    try:
-        with torch.no_grad():
-            for name in erasure.names:
-                params[name].add_(strength * erasure.delta(name).to(params[name]))
-        yield net
-    finally:
-        with torch.no_grad():
-            for name, original in saved.items():
-                params[name].copy_(original)
 
 
 def new_metadata(**fields) -> dict:

@@ -53,7 +53,7 @@ class DeltaInjection:
                 _, _, original = self._saved[f"{owner}.{attr}"]
                 value = original.detach()
                 if self.use_deltas:
-                    value = value + self.delta(f"{owner}.{attr}").to(original.dtype)
+                    value = value + self.delta(f"{owner}.{attr}").to(original)
                 object.__setattr__(module, attr, value)
         return set_weights
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch.func import functional_call
+from torch import Tensor
 
 from .concepts import ConceptSet
 from .denoiser import Denoiser
 from .divergences import squared_error
 from .erasure import Erasure
+from .injection import DeltaInjection
 from .schedule import add_noise
 
 
@@ -43,8 +44,6 @@ class ErasureReport:
 def measure(denoiser: Denoiser, erasure: Erasure, concepts: ConceptSet, resolution: int = 512,
             probes: int = 4, seed: int = 0, strength: float = 1.0) -> ErasureReport:
     """Prediction-space efficacy and preservation of ``erasure`` on ``denoiser`` (see module docstring)."""
-    params = dict(denoiser.net.named_parameters())
-    erased = {"net." + n: params[n] + strength * d.to(params[n]) for n, d in erasure.deltas().items()}
     gen = torch.Generator().manual_seed(seed)
     side = resolution // 8
     x0 = torch.randn(probes, denoiser.latent_channels, side, side, generator=gen)
@@ -52,26 +51,31 @@ def measure(denoiser: Denoiser, erasure: Erasure, concepts: ConceptSet, resoluti
     t = torch.linspace(100, denoiser.alphas_cumprod.shape[0] - 100, probes).long()
     x_t = add_noise(x0, noise, denoiser.alphas_cumprod[t]).to(denoiser.device, denoiser.dtype)
     t = t.to(denoiser.device)
-    size = (resolution, resolution)
+    pairs = concepts.prompt_pairs()
+    prompts = {p for pair in pairs for p in pair} | set(concepts.keep)
+    conds = {p: {k: v.expand(probes, *v.shape[1:]) for k, v in denoiser.encode_prompts([p], (resolution,) * 2).items()}
+             for p in prompts}
+    injection = DeltaInjection(denoiser.net, erasure.names, lambda n: strength * erasure.delta(n))
 
-    def run(prompt: str, weights=None):
-        cond = {k: v.expand(probes, *v.shape[1:]) for k, v in denoiser.encode_prompts([prompt], size).items()}
-        if weights is None:
-            return denoiser(x_t, t, cond).float()
-        return functional_call(denoiser, weights, (x_t, t, cond)).float()
+    def original(prompt: str) -> Tensor:
+        with injection.frozen():
+            return denoiser(x_t, t, conds[prompt]).float()
+
+    def erased(prompt: str) -> Tensor:
+        return denoiser(x_t, t, conds[prompt]).float()
 
     report = ErasureReport()
-    first_target = None
-    for target, anchor in concepts.prompt_pairs():
-        orig_anchor = run(anchor)
-        before = squared_error(run(target), orig_anchor).mean().item()
-        after = squared_error(run(target, erased), orig_anchor).mean().item()
-        report.pairs.append(dict(target=target, anchor=anchor, before=before, after=after,
-                                 moved=1 - after / before if before > 0 else 0.0))
-        first_target = first_target if first_target is not None else run(target)
-    for prompt in concepts.keep:
-        orig = run(prompt)
-        absolute = squared_error(run(prompt, erased), orig).mean().item()
-        scale = squared_error(orig, first_target).mean().item()
-        report.keep.append(dict(prompt=prompt, absolute=absolute, drift=absolute / scale if scale > 0 else 0.0))
+    with injection:
+        for target, anchor in pairs:
+            orig_anchor = original(anchor)
+            before = squared_error(original(target), orig_anchor).mean().item()
+            after = squared_error(erased(target), orig_anchor).mean().item()
+            report.pairs.append(dict(target=target, anchor=anchor, before=before, after=after,
+                                     moved=1 - after / before if before > 0 else 0.0))
+        first_target = original(pairs[0][0])
+        for prompt in concepts.keep:
+            orig = original(prompt)
+            absolute = squared_error(erased(prompt), orig).mean().item()
+            scale = squared_error(orig, first_target).mean().item()
+            report.keep.append(dict(prompt=prompt, absolute=absolute, drift=absolute / scale if scale > 0 else 0.0))
     return report

@@ -9,7 +9,8 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ..denoiser import Conditioning, Denoiser
-from ..erasure import Erasure, applied
+from ..erasure import Erasure
+from ..injection import DeltaInjection
 
 
 def family_of_unet(unet: nn.Module) -> str:
@@ -101,6 +102,6 @@ def before_after_images(pipe, erasure: Erasure, prompts: list[str], steps: int =
                      generator=torch.Generator().manual_seed(seed)).images[0] for prompt in prompts]
 
     before = images()
-    with applied(unet, erasure, strength):
+    with DeltaInjection(unet, erasure.names, lambda name: strength * erasure.delta(name)):
         after = images()
     return list(zip(before, after))
