@@ -22,7 +22,7 @@ class Denoiser(nn.Module):
     """A noise-prediction network ``net`` plus what the trainer needs to drive it.
 
     Trained tensors are named by their path inside ``net`` (``net.named_parameters()``); the trainer
-    substitutes them with :func:`torch.func.functional_call`, so ``net`` itself is never modified.
+    serves them through :class:`unlearn_core.injection.DeltaInjection`, and ``net`` is unchanged afterwards.
     """
 
     net: nn.Module
