@@ -12,6 +12,7 @@ import asyncio
 import importlib.util
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -183,3 +184,8 @@ class ComfyServer:
         if status.get("status_str") != "success":
             raise RuntimeError(f"prompt failed: {json.dumps(status.get('messages'), indent=1)[:4000]}")
         return entry
+
+
+def report_numbers(text: str) -> dict[str, float]:
+    """The first pair's "moved" and the first keep prompt's "drift" percentages from Erasure Report's text."""
+    return {key: float(re.search(rf"{key} (-?[\d.]+)%", text).group(1)) for key in ("moved", "drift")}

@@ -40,7 +40,7 @@ def pack_nodes(comfy):
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(comfy, comfy_root) -> Path:
-    """A tiny SD15-detected checkpoint with an identity CLIP-L, in the host's models/checkpoints."""
+    """A tiny SD15-detected checkpoint with a random CLIP-L, in the host's models/checkpoints."""
     from tiny_comfy import write_sd15_checkpoint
 
     return write_sd15_checkpoint(comfy_root / "models" / "checkpoints" / "tiny_sd15.safetensors")

@@ -7,6 +7,8 @@ import os
 import pytest
 import torch
 
+from comfy_host import report_numbers
+
 
 def apply_model(patcher, cond, seed=0):
     """The host's denoised prediction for one fixed noisy latent (loads the patches like a sampler does)."""
@@ -204,3 +206,16 @@ def test_gradient_checkpointing_in_the_host_gives_the_same_erasure(pack_nodes, s
     _, plain, _ = unlearn(pack_nodes, sd15_model, sd15_clip, concepts, steps=2)
     _, ckpt, _ = unlearn(pack_nodes, sd15_model, sd15_clip, concepts, steps=2, gradient_checkpointing=True)
     assert all(torch.allclose(plain.delta(n), ckpt.delta(n), atol=1e-6) for n in plain.names)
+
+
+def test_hellinger_erasure_moves_target_onto_anchor_and_keeps_preservation(pack_nodes, sd15_model, sd15_clip):
+    """Measured through Erasure Report on fixed probe latents (not the training latents)."""
+    concepts, _ = load_concepts(pack_nodes, "a red circle -> a red shape\nkeep: a blue square")
+    _, erasure, _ = unlearn(pack_nodes, sd15_model, sd15_clip, concepts, steps=40, learning_rate=1e-4,
+                            batch_size=2, anchor_samples=4, sample_steps=4)
+    with torch.inference_mode():
+        out = pack_nodes["DivergenceUnlearnErasureReport"]().report(sd15_model, sd15_clip, erasure, concepts, 32, 4, 0)
+    print(out["result"][0])
+    numbers = report_numbers(out["result"][0])
+    assert numbers["moved"] >= 40 and numbers["drift"] <= 10, out["result"][0]  # measured: 79.9%, 2.1%
+

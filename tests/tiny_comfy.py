@@ -4,9 +4,10 @@
   ComfyUI's model detection classifies as SD15, and its v-prediction twin (SD2.x-style schedule).
 - An SDXL-family UNet (Segmind Vega depths) for the ``y`` conditioning path, with a stand-in for
   SDXL's two text encoders (see :class:`StandInSDXLClip`).
-- A CLIP-L text encoder with every output projection zero, so each layer is an identity and
-  ``CLIPTextEncode`` gives ``final_layer_norm(token + position embedding)``: prompts differ exactly at
-  the tokens that differ. Random small token embeddings make different prompts condition differently.
+- A full-size CLIP-L text encoder with random weights (layer weights normal with std 0.05), which
+  ComfyUI's stock loader builds from the checkpoint. Its causal attention mixes each prompt into the
+  later tokens, as a trained CLIP does. (With zero layer weights every layer is an identity and prompts
+  differ only at their own few tokens; erasures then barely generalise beyond the training latents.)
 
 ComfyUI's layers are created uninitialised, so every tensor is set explicitly: norm scales 1,
 biases 0, other weights fan-in scaled normal (the UNet's output is then O(1) and responds to every
@@ -89,32 +90,36 @@ class StandInSDXLClip:
 
 
 def clip_l_state_dict(seed: int = 0, prefix: str = "cond_stage_model.transformer.text_model.") -> dict:
-    """CLIP-L text encoder tensors (fp16) whose layers are identities (zero output projections)."""
+    """CLIP-L text encoder tensors (fp16): random embeddings and layer weights, norms 1, biases 0."""
     gen = torch.Generator().manual_seed(seed)
     d, ff, layers = 768, 3072, 12
+
+    def normal(*shape: int, std: float = 0.05) -> torch.Tensor:
+        return (torch.randn(*shape, generator=gen) * std).half()
+
     sd = {
-        prefix + "embeddings.token_embedding.weight": (torch.randn(49408, d, generator=gen) * 0.5).half(),
-        prefix + "embeddings.position_embedding.weight": (torch.randn(77, d, generator=gen) * 0.05).half(),
+        prefix + "embeddings.token_embedding.weight": normal(49408, d, std=0.5),
+        prefix + "embeddings.position_embedding.weight": normal(77, d),
         prefix + "final_layer_norm.weight": torch.ones(d, dtype=torch.half),
         prefix + "final_layer_norm.bias": torch.zeros(d, dtype=torch.half),
     }
     for i in range(layers):
         p = f"{prefix}encoder.layers.{i}."
         for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            sd[p + f"self_attn.{proj}.weight"] = torch.zeros(d, d, dtype=torch.half)
+            sd[p + f"self_attn.{proj}.weight"] = normal(d, d)
             sd[p + f"self_attn.{proj}.bias"] = torch.zeros(d, dtype=torch.half)
         for norm in ("layer_norm1", "layer_norm2"):
             sd[p + f"{norm}.weight"] = torch.ones(d, dtype=torch.half)
             sd[p + f"{norm}.bias"] = torch.zeros(d, dtype=torch.half)
-        sd[p + "mlp.fc1.weight"] = torch.zeros(ff, d, dtype=torch.half)
+        sd[p + "mlp.fc1.weight"] = normal(ff, d)
         sd[p + "mlp.fc1.bias"] = torch.zeros(ff, dtype=torch.half)
-        sd[p + "mlp.fc2.weight"] = torch.zeros(d, ff, dtype=torch.half)
+        sd[p + "mlp.fc2.weight"] = normal(d, ff)
         sd[p + "mlp.fc2.bias"] = torch.zeros(d, dtype=torch.half)
     return sd
 
 
 def write_sd15_checkpoint(path: Path, seed: int = 0, with_clip: bool = True) -> Path:
-    """A tiny SD15-detected checkpoint (UNet, optionally the identity CLIP-L) that CheckpointLoaderSimple loads."""
+    """A tiny SD15-detected checkpoint (UNet, optionally the random CLIP-L) that CheckpointLoaderSimple loads."""
     model = build_unet("SD15", seed)
     sd = {"model.diffusion_model." + k: v.half() for k, v in model.diffusion_model.state_dict().items()}
     if with_clip:
