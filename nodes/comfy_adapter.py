@@ -153,8 +153,27 @@ def network_shapes(patcher) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in patcher.model.diffusion_model.state_dict().items()}
 
 
+def in_host_names(patcher, erasure: Erasure) -> Erasure:
+    """The erasure with its tensors named as this host's network names them.
+
+    Erasures trained on a diffusers UNet are renamed through the host's own diffusers -> ldm key map
+    (the one its stock LoRA loader uses), so they apply like the files the stock loader reads.
+    """
+    if erasure.metadata.get("key_format") != "diffusers":
+        return erasure
+    import comfy.utils
+
+    mapping = comfy.utils.unet_to_diffusers(patcher.model.model_config.unet_config)
+    rename = lambda name: mapping.get(name, name)  # noqa: E731  (unknown names fail the shape check)
+    return Erasure(full={rename(n): t for n, t in erasure.full.items()},
+                   lora={rename(n): f for n, f in erasure.lora.items()},
+                   shapes={rename(n): s for n, s in erasure.shapes.items()},
+                   metadata=dict(erasure.metadata, key_format="ldm"))
+
+
 def apply_erasure(patcher, erasure: Erasure, strength: float):
     """A clone of ``patcher`` with the erasure's deltas as weight patches (the input is untouched)."""
+    erasure = in_host_names(patcher, erasure)
     erasure.check_against(network_shapes(patcher), model_family(patcher))
     out = patcher.clone()
     if strength != 0:

@@ -11,7 +11,7 @@ import folder_paths
 from ..unlearn_core.erasure import Erasure
 from ..unlearn_core.plot import bar_chart
 from ..unlearn_core.report import measure
-from .comfy_adapter import ComfyDenoiser, apply_erasure
+from .comfy_adapter import ComfyDenoiser, apply_erasure, in_host_names, model_family, network_shapes
 from .images import to_image_tensor
 from .paths import erasure_save_path
 
@@ -101,11 +101,11 @@ class ErasureReport:
         }
 
     def report(self, model, clip, erasure, concepts, resolution: int, probes: int, seed: int):
+        erasure = in_host_names(model, erasure)
+        erasure.check_against(network_shapes(model), model_family(model))
         denoiser = ComfyDenoiser(model, clip)
         try:
             with torch.inference_mode(False):
-                erasure.check_against({k: tuple(v.shape) for k, v in denoiser.net.state_dict().items()},
-                                      denoiser.family)
                 result = measure(denoiser, erasure, concepts, resolution=resolution, probes=probes, seed=seed)
         finally:
             denoiser.release()

@@ -107,7 +107,7 @@ def _stock_load(comfy, patcher, erasure: Erasure, file_name: str, caplog):
 RUNS = (("cross_attn_kv", 0), ("cross_attn_kv", 4), ("full", 4))
 
 
-def test_diffusers_erasure_loads_in_stock_lora_loader_with_same_predictions(comfy, sd15_clip, caplog):
+def test_diffusers_erasure_loads_in_stock_lora_loader_with_same_predictions(comfy, pack_nodes, sd15_clip, caplog):
     import diffusers
     from tiny_comfy import build_patcher
     from tiny_cross import diffusers_twin
@@ -166,6 +166,10 @@ def test_diffusers_erasure_loads_in_stock_lora_loader_with_same_predictions(comf
               f"stock-loaded ComfyUI vs erased diffusers max |diff| {diff:.2e}")
         assert moved > 100 * DENOISED_AGREE, f"{run}: the erasure barely changes the predictions ({moved:.2e})"
         assert diff < DENOISED_AGREE, f"{run}: the stock-loaded ComfyUI model is not the erased diffusers UNet"
+        with torch.inference_mode():  # the pack's own Apply Erased UNet reads the same file the same way
+            ours = pack_nodes["DivergenceUnlearnApplyErasure"]().apply(
+                patcher, 1.0, f"cross_host_{parameter_set}_r{rank}.safetensors")[0]
+        assert _max_diff(_comfy_outputs(ours, contexts, x), erased) < DENOISED_AGREE, f"{run}: Apply Erased UNet"
 
         if erasure.lora:  # the trainer's alpha equals the rank (scale 1): check that the host reads .alpha too
             rescaled = Erasure(full=dict(erasure.full), shapes=dict(erasure.shapes), metadata=dict(erasure.metadata),
