@@ -20,7 +20,7 @@ from torch import Tensor
 import comfy.model_management as mm
 
 from ..unlearn_core.denoiser import Conditioning, Denoiser
-from ..unlearn_core.erasure import Erasure
+from ..unlearn_core.erasure import Erasure, fingerprint
 from ..unlearn_core.injection import DeltaInjection
 
 SUPPORTED_PREDICTIONS = {"EPS": "epsilon", "V_PREDICTION": "v_prediction"}
@@ -171,10 +171,22 @@ def in_host_names(patcher, erasure: Erasure) -> Erasure:
                    metadata=dict(erasure.metadata, key_format="ldm"))
 
 
+def warn_if_other_weights(patcher, erasure: Erasure) -> None:
+    """Say so in the console when the model's tensors are not those the erasure was trained on."""
+    weights = patcher.model.diffusion_model.state_dict()
+    found = fingerprint({name: weights[name] for name in erasure.names})
+    expected = erasure.metadata.get("fingerprint")
+    if expected and found != expected:
+        print(f"[Divergence Unlearn] note: this model's weights differ from those the erasure was trained on "
+              f"(fingerprint {found}, erasure {expected}): a fine-tune, or other LoRAs were applied first. "
+              "The erasure is applied all the same.")
+
+
 def apply_erasure(patcher, erasure: Erasure, strength: float):
     """A clone of ``patcher`` with the erasure's deltas as weight patches (the input is untouched)."""
     erasure = in_host_names(patcher, erasure)
     erasure.check_against(network_shapes(patcher), model_family(patcher))
+    warn_if_other_weights(patcher, erasure)
     out = patcher.clone()
     if strength != 0:
         patches = {"diffusion_model." + name: (delta,) for name, delta in erasure.deltas().items()}

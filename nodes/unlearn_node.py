@@ -69,6 +69,9 @@ class DivergenceUnlearn:
                                 "from the target (ESD)."}),
                 "guidance_eta": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.1,
                                            "tooltip": "Strength of negative guidance (ESD's eta)."}),
+                "erase_from": ("STRING", {"default": "", "tooltip":
+                               "negative_guidance only: erase the target from this prompt (e.g. 'cowboy' to "
+                               "remove 'cowboy hat' from cowboys); empty = from the target itself."}),
                 "parameter_set": (list(PARAMETER_SETS), {"default": "cross_attn_kv", "tooltip":
                                   "cross_attn_kv: K/V of cross-attention (styles, objects); cross_attn: ESD-x; "
                                   "non_cross_attn: ESD-u (global concepts such as nudity); attn; full."}),
@@ -100,11 +103,12 @@ class DivergenceUnlearn:
             },
         }
 
-    def unlearn(self, model, clip, concepts, divergence, alpha, sigma, target_mode, guidance_eta, parameter_set,
-                lora_rank, steps, learning_rate, batch_size, resolution, x_source, anchor_samples, sample_steps,
+    def unlearn(self, model, clip, concepts, divergence, alpha, sigma, target_mode, guidance_eta, erase_from,
+                parameter_set, lora_rank, steps, learning_rate, batch_size, resolution, x_source, anchor_samples, sample_steps,
                 preservation_weight, precision, gradient_checkpointing, seed, latents=None):
         config = EraseConfig(
             divergence=divergence, alpha=alpha, sigma=sigma, target_mode=target_mode, guidance_eta=guidance_eta,
+            erase_from=erase_from,
             parameter_set=parameter_set, lora_rank=lora_rank, steps=steps, learning_rate=learning_rate,
             batch_size=batch_size, resolution=resolution, x_source=x_source, num_samples=anchor_samples,
             sample_steps=sample_steps, preservation_weight=preservation_weight, precision=precision,

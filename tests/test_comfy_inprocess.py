@@ -35,7 +35,7 @@ def load_concepts(pack_nodes, text):
 
 
 def unlearn(pack_nodes, model, clip, concepts, **overrides):
-    args = dict(divergence="hellinger", alpha=0.5, sigma=1.0, target_mode="anchor", guidance_eta=1.0,
+    args = dict(divergence="hellinger", alpha=0.5, sigma=1.0, target_mode="anchor", guidance_eta=1.0, erase_from="",
                 parameter_set="cross_attn_kv", lora_rank=0, steps=3, learning_rate=1e-3, batch_size=1,
                 resolution=32, x_source="anchor_samples", anchor_samples=2, sample_steps=2,
                 preservation_weight=1.0, precision="fp32", gradient_checkpointing=False, seed=0)
@@ -219,3 +219,50 @@ def test_hellinger_erasure_moves_target_onto_anchor_and_keeps_preservation(pack_
     numbers = report_numbers(out["result"][0])
     assert numbers["moved"] >= 40 and numbers["drift"] <= 10, out["result"][0]  # measured: 79.9%, 2.1%
 
+
+
+def test_apply_notes_when_the_model_is_not_the_one_trained_on(pack_nodes, sd15_model, sd15_clip, capsys):
+    from tiny_comfy import build_patcher
+
+    concepts, _ = load_concepts(pack_nodes, "a red circle -> a red shape")
+    _, erasure, _ = unlearn(pack_nodes, sd15_model, sd15_clip, concepts, steps=1)
+    apply = pack_nodes["DivergenceUnlearnApplyErasure"]()
+    capsys.readouterr()
+    with torch.inference_mode():
+        apply.apply(sd15_model, 1.0, "none", erasure)
+        assert "weights differ" not in capsys.readouterr().out
+        apply.apply(build_patcher("SD15", seed=7, model_channels=64), 1.0, "none", erasure)
+    assert "weights differ from those the erasure was trained on" in capsys.readouterr().out
+
+
+def test_concept_set_file_from_the_models_folder_and_its_change_detection(pack_nodes):
+    import folder_paths
+
+    node = pack_nodes["DivergenceUnlearnLoadConceptSet"]
+    path = os.path.join(folder_paths.get_folder_paths("concept_sets")[0], "test_styles.yaml")
+    with open(path, "w") as f:
+        f.write("pairs:\n  - Van Gogh -> a painting\nkeep:\n  - a photo of a dog\n")
+    assert "test_styles.yaml" in folder_paths.get_filename_list("concept_sets")
+    with torch.inference_mode():
+        concepts, _ = node().load("", "none", "test_styles.yaml")
+    assert [(p.target, p.anchor) for p in concepts.pairs] == [("Van Gogh", "a painting")]
+    assert concepts.keep == ("a photo of a dog",)
+    first = node.IS_CHANGED(text="", preset="none", file="test_styles.yaml")
+    os.utime(path, (0, 0))
+    assert node.IS_CHANGED(text="", preset="none", file="test_styles.yaml") != first
+
+
+def test_model_of_an_untrainable_kind_is_a_clear_error(pack_nodes, sd15_clip):
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models as sm
+    from tiny_comfy import SD15_TINY
+
+    config = sm.SD15(dict(SD15_TINY, model_channels=64))
+    config.set_inference_dtype(torch.float32, None)
+    with torch.inference_mode():
+        edm = comfy.model_base.BaseModel(config, model_type=comfy.model_base.ModelType.V_PREDICTION_EDM)
+        patcher = comfy.model_patcher.ModelPatcher(edm, torch.device("cpu"), torch.device("cpu"))
+    concepts, _ = load_concepts(pack_nodes, "a -> b")
+    with pytest.raises(ValueError, match="predicts V_PREDICTION_EDM; Divergence Unlearn trains epsilon- and v-prediction"):
+        unlearn(pack_nodes, patcher, sd15_clip, concepts)

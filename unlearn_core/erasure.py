@@ -38,15 +38,18 @@ def export_prefix(name: str) -> str:
 
 
 def fingerprint(originals: dict[str, Tensor]) -> str:
-    """sha256 over names, shapes and up to 1024 evenly spaced values (rounded to fp16) of each tensor."""
-    h = hashlib.sha256()
-    for name in sorted(originals):
-        t = originals[name].detach().reshape(-1)
-        idx = torch.linspace(0, t.numel() - 1, min(FINGERPRINT_SAMPLES, t.numel())).long()
-        h.update(name.encode())
-        h.update(str(tuple(originals[name].shape)).encode())
-        h.update(t[idx.to(t.device)].to(torch.float16).cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
+    """sha256 over each tensor's shape and up to 1024 evenly spaced values (fp16), in a name-free order.
+
+    Names are left out so that the diffusers and the ldm spelling of one network give one fingerprint.
+    """
+    digests = []
+    for t in originals.values():
+        flat = t.detach().reshape(-1)
+        idx = torch.linspace(0, flat.numel() - 1, min(FINGERPRINT_SAMPLES, flat.numel())).long()
+        h = hashlib.sha256(str(tuple(t.shape)).encode())
+        h.update(flat[idx.to(flat.device)].to(torch.float16).cpu().numpy().tobytes())
+        digests.append(h.digest())
+    return hashlib.sha256(b"".join(sorted(digests))).hexdigest()[:16]
 
 
 @dataclass
