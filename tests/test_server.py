@@ -129,3 +129,32 @@ def test_erasure_moves_target_onto_anchor_within_preservation_bound(server):
     numbers = report_numbers(text)
     print(text)
     assert numbers["moved"] >= 35 and numbers["drift"] <= 5, text
+
+
+def test_training_reports_progress_per_step_over_the_websocket(server):
+    import asyncio
+
+    import aiohttp
+
+    prompt = adapt_for_tiny(json.loads(ERASE_THEN_GENERATE.read_text()))
+    unlearn_id = next(k for k, n in prompt.items() if n["class_type"] == "DivergenceUnlearn")
+    prompt[unlearn_id]["inputs"].update(steps=5, seed=777)  # not cached from the other tests
+
+    async def collect() -> list[dict]:
+        messages = []
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{server.url}/ws?clientId=divergence-unlearn-tests") as ws:
+                prompt_id = server.queue(prompt)
+                async for msg in ws:
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        continue
+                    data = json.loads(msg.data)
+                    messages.append(data)
+                    if data["type"] == "executing" and data["data"].get("node") is None \
+                            and data["data"].get("prompt_id") == prompt_id:
+                        return messages
+        return messages
+
+    messages = asyncio.run(asyncio.wait_for(collect(), timeout=300))
+    progress = [m["data"] for m in messages if m["type"] == "progress" and m["data"].get("max") == 5]
+    assert [p["value"] for p in progress][-5:] == [1, 2, 3, 4, 5], progress
