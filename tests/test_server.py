@@ -116,7 +116,7 @@ def test_requeuing_an_unchanged_graph_does_not_retrain(server):
 def test_erasure_moves_target_onto_anchor_within_preservation_bound(server):
     """The multi-concept workflow with one pair and one keep prompt, trained long enough to measure.
 
-    Measured (2 CPU cores): moved 55%, keep drift 0.3%, about 30 s."""
+    Measured (2 CPU cores): moved 55.3%, keep drift 0.3%, 12 s on a quiet machine."""
     prompt = adapt_for_tiny(json.loads((WORKFLOW_DIR / "multi_concept_preservation_api.json").read_text()))
     concepts = next(n for n in prompt.values() if n["class_type"] == "DivergenceUnlearnLoadConceptSet")
     concepts["inputs"]["text"] = "a red circle -> a red shape\nkeep: a blue square\n"
