@@ -127,6 +127,7 @@ class DivergenceUnlearn:
                     erasure = eraser.run()
         finally:
             denoiser.release()
+        print(f"[Divergence Unlearn] done: {steps} steps in {erasure.metadata['seconds']:.1f} s")
         history = erasure.metadata["history"]
         chart = line_chart({"loss": [h[1] for h in history], "S (target vs frozen target)": [h[2] for h in history],
                             "gradient norm": [h[4] for h in history]},

@@ -1,0 +1,298 @@
+"""The main job: erase a concept from the demo model inside a real ComfyUI graph, headless, and show it.
+
+    python -m unlearn_core.demo run [--concept circle] [--divergence hellinger] [--steps 120] [--out out/demo]
+
+It copies a ComfyUI host (see :mod:`unlearn_core.headless`), writes the demo checkpoint into its
+``models/checkpoints``, starts it on loopback and queues one API graph: Load Checkpoint -> Load
+Concept Set -> Divergence Unlearn -> Save Erasure and Erasure Report, and for every prompt two
+KSamplers with the same seed, one on the original MODEL and one on the erased MODEL. The images come
+back through ComfyUI's SaveImage; the shipped attribute classifier reads them. It writes
+
+- ``grid.png``: before | after for the target prompts and the kept prompts,
+- ``report.md`` and ``report.json``: how often the classifier sees each prompt's shape and colour,
+  before and after, and the Erasure Report's prediction-space numbers.
+
+With ``--ckpt`` (your own SD1.x/SDXL checkpoint) and ``--prompt``/``--keep`` it runs the same graph
+on that model; the report then has the images and the prediction-space numbers, no classifier.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..headless import ComfyServer, host_label, prepare_host
+from ..plot import comparison_grid
+from .assemble import write_checkpoint
+from .shapes import BACKGROUNDS, COLORS, SHAPES
+
+CELL = 96  # grid cell size in pixels (64-pixel samples are upscaled, nearest)
+
+
+@dataclass
+class JobOptions:
+    concept: str = "circle"
+    anchor: str = ""  # default: "shape" for a shape; the same prompt without the colour for a colour
+    divergence: str = "hellinger"
+    alpha: float = 0.5
+    target_mode: str = "anchor"
+    steps: int = 120
+    learning_rate: float = 1e-4
+    seeds: int = 8
+    sample_steps: int = 20
+    cfg: float = 4.0
+    seed: int = 0
+    ckpt: str | None = None
+    prompts: list[str] = field(default_factory=list)
+    keep: list[str] = field(default_factory=list)
+    resolution: int = 64
+
+    @property
+    def demo(self) -> bool:
+        return self.ckpt is None
+
+
+def demo_prompts(concept: str, anchor: str) -> tuple[str, list[tuple[str, str]], list[str]]:
+    """(concept-set text, target prompts with the attribute they should show, kept prompts) for the demo model."""
+    if concept in SHAPES:
+        anchor = anchor or "shape"
+        targets = [f"a {c} {concept}" for c in COLORS]
+        others = [s for s in SHAPES if s != concept]
+        keep = [f"a {COLORS[(i + j) % len(COLORS)]} {s}" for i, s in enumerate(others) for j in (0, 2)]
+        pairs = [(t, t.replace(concept, anchor)) for t in targets] + [(f"a {concept}", f"a {anchor}")]
+    elif concept in COLORS:
+        targets = [f"a {concept} {s}" for s in SHAPES]
+        others = [c for c in COLORS if c != concept]
+        keep = [f"a {c} {SHAPES[(i + j) % len(SHAPES)]}" for i, c in enumerate(others) for j in (0, 2)]
+        pairs = [(t, t.replace(f"{concept} ", f"{anchor} " if anchor else "")) for t in targets]
+        pairs.append((f"a {concept} shape", f"a {anchor} shape" if anchor else "a shape"))
+    else:
+        raise ValueError(f"--concept {concept!r} is not a demo attribute; choose a shape {SHAPES} or a colour "
+                         f"{COLORS}, or pass --ckpt with your own model")
+    lines = [f"{t} -> {a}" for t, a in pairs] + [f"keep: {k}" for k in keep]
+    return "\n".join(lines) + "\n", [(t, concept) for t in targets], keep
+
+
+def build_graph(opts: JobOptions, ckpt_name: str, concept_text: str, prompts: list[str]) -> dict:
+    """The API-format graph: erase, save, report, and a before/after KSampler pair per prompt."""
+    graph: dict = {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt_name}},
+        "concepts": {"class_type": "DivergenceUnlearnLoadConceptSet",
+                     "inputs": {"text": concept_text, "preset": "none", "file": "none"}},
+        "unlearn": {"class_type": "DivergenceUnlearn", "inputs": {
+            "model": ["ckpt", 0], "clip": ["ckpt", 1], "concepts": ["concepts", 0],
+            "divergence": opts.divergence, "alpha": opts.alpha, "sigma": 1.0, "target_mode": opts.target_mode,
+            "guidance_eta": 1.0, "erase_from": "", "parameter_set": "cross_attn_kv", "lora_rank": 0,
+            "steps": opts.steps, "learning_rate": opts.learning_rate, "batch_size": 4,
+            "resolution": opts.resolution, "x_source": "anchor_samples", "anchor_samples": 8, "sample_steps": 10,
+            "preservation_weight": 1.0, "precision": "fp32", "gradient_checkpointing": False, "seed": opts.seed}},
+        "save": {"class_type": "DivergenceUnlearnSaveErasure",
+                 "inputs": {"erasure": ["unlearn", 1], "filename_prefix": "erasures/demo"}},
+        "report": {"class_type": "DivergenceUnlearnErasureReport", "inputs": {
+            "model": ["ckpt", 0], "clip": ["ckpt", 1], "erasure": ["unlearn", 1], "concepts": ["concepts", 0],
+            "resolution": opts.resolution, "probes": 4, "seed": 0}},
+        "latent": {"class_type": "EmptyLatentImage",
+                   "inputs": {"width": opts.resolution, "height": opts.resolution, "batch_size": opts.seeds}},
+        "negative": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
+    }
+    for i, prompt in enumerate(prompts):
+        graph[f"prompt{i}"] = {"class_type": "CLIPTextEncode", "inputs": {"text": prompt, "clip": ["ckpt", 1]}}
+        for when, model in (("before", ["ckpt", 0]), ("after", ["unlearn", 0])):
+            graph[f"{when}{i}"] = {"class_type": "KSampler", "inputs": {
+                "model": model, "seed": opts.seed, "steps": opts.sample_steps, "cfg": opts.cfg,
+                "sampler_name": "ddim", "scheduler": "ddim_uniform", "positive": [f"prompt{i}", 0],
+                "negative": ["negative", 0], "latent_image": ["latent", 0], "denoise": 1.0}}
+            graph[f"{when}{i}_decode"] = {"class_type": "VAEDecode", "inputs": {"samples": [f"{when}{i}", 0],
+                                                                                 "vae": ["ckpt", 2]}}
+            graph[f"{when}{i}_save"] = {"class_type": "SaveImage", "inputs": {
+                "images": [f"{when}{i}_decode", 0], "filename_prefix": f"demo/{when}_{i:02d}"}}
+    return graph
+
+
+def _images(entry: dict, node: str, output_dir: Path) -> list[Image.Image]:
+    files = entry["outputs"][node]["images"]
+    return [Image.open(output_dir / f["subfolder"] / f["filename"]).convert("RGB") for f in files]
+
+
+def _to_tensor(images: list[Image.Image]) -> torch.Tensor:
+    return torch.from_numpy(np.stack([np.asarray(im, dtype=np.float32) / 255 for im in images])).permute(0, 3, 1, 2)
+
+
+def classify(prompts: list[str], before: list[list[Image.Image]], after: list[list[Image.Image]]) -> list[dict]:
+    """Per prompt: the fraction of images whose shape / colour the classifier reads as the prompt's, before and after."""
+    from .model import load_classifier
+
+    clf = load_classifier()
+    rows = []
+    for prompt, b, a in zip(prompts, before, after):
+        words = prompt.split()
+        row = {"prompt": prompt}
+        for attr, values in (("shape", SHAPES), ("color", COLORS), ("background", BACKGROUNDS)):
+            named = next((w for w in words if w in values), None)
+            if named is None:
+                continue
+            for when, images in (("before", b), ("after", a)):
+                pred = clf.predict(_to_tensor(images))[attr]
+                row[f"{attr}_{when}"] = 100.0 * sum(p == named for p in pred) / len(pred)
+        rows.append(row)
+    return rows
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    values = [r[key] for r in rows if key in r]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def summarise(concept: str, targets: list[dict], kept: list[dict]) -> dict:
+    """The headline numbers: the concept recognised before/after, and what the other prompts keep."""
+    attr = "shape" if concept in SHAPES else "color"
+    other = "color" if attr == "shape" else "shape"
+    s = {"concept": concept, "attribute": attr,
+         "target_recognised_before": _mean(targets, f"{attr}_before"),
+         "target_recognised_after": _mean(targets, f"{attr}_after"),
+         f"target_{other}_kept_before": _mean(targets, f"{other}_before"),
+         f"target_{other}_kept_after": _mean(targets, f"{other}_after"),
+         f"kept_{attr}_before": _mean(kept, f"{attr}_before"), f"kept_{attr}_after": _mean(kept, f"{attr}_after"),
+         f"kept_{other}_before": _mean(kept, f"{other}_before"), f"kept_{other}_after": _mean(kept, f"{other}_after")}
+    return s
+
+
+def grid(prompts: list[str], before: list[list[Image.Image]], after: list[list[Image.Image]]) -> Image.Image:
+    n = len(before[0])
+    rows = [(p, [im.resize((CELL, CELL), Image.NEAREST) for im in b + a]) for p, b, a in zip(prompts, before, after)]
+    return comparison_grid(rows, [f"before {i}" for i in range(n)] + [f"after {i}" for i in range(n)])
+
+
+def markdown(opts: JobOptions, result: dict) -> str:
+    lines = [f"# Erasing '{opts.concept}' from the demo model" if opts.demo else "# Erasure report",
+             "", f"Host: {result['host']}. Divergence {opts.divergence} ({opts.target_mode}), {opts.steps} steps, "
+             f"lr {opts.learning_rate}; {opts.seeds} seeds per prompt, {opts.sample_steps} DDIM steps, cfg {opts.cfg}. "
+             f"Erasure training {result['erase_seconds']:.1f} s; whole graph {result['graph_seconds']:.1f} s.", ""]
+    if opts.demo:
+        s = result["summary"]
+        attr = s["attribute"]
+        other = "color" if attr == "shape" else "shape"
+        lines += [f"- **'{opts.concept}' recognised in target images: {s['target_recognised_before']:.0f}% before, "
+                  f"{s['target_recognised_after']:.0f}% after.**",
+                  f"- Their {other}: {s[f'target_{other}_kept_before']:.0f}% -> {s[f'target_{other}_kept_after']:.0f}%.",
+                  f"- Kept prompts, {attr}: {s[f'kept_{attr}_before']:.0f}% -> "
+                  f"{s[f'kept_{attr}_after']:.0f}%; {other}: {s[f'kept_{other}_before']:.0f}% -> "
+                  f"{s[f'kept_{other}_after']:.0f}%.", "",
+                  "| prompt | kind | shape before | shape after | colour before | colour after |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for kind, rows in (("target", result["targets"]), ("kept", result["kept"])):
+            for r in rows:
+                lines.append(f"| {r['prompt']} | {kind} | {r.get('shape_before', float('nan')):.0f}% | "
+                             f"{r.get('shape_after', float('nan')):.0f}% | {r.get('color_before', float('nan')):.0f}% | "
+                             f"{r.get('color_after', float('nan')):.0f}% |")
+        lines.append("")
+    lines += ["Prediction space (Erasure Report node):", "", "```", result["erasure_report"].strip(), "```", "",
+              "![before and after](grid.png)", ""]
+    return "\n".join(lines)
+
+
+def run(opts: JobOptions, out: Path, workdir: Path | None = None, timeout: float = 1800.0) -> dict:
+    """Run the job; write grid.png, report.md, report.json under ``out``; return the report dict."""
+    out.mkdir(parents=True, exist_ok=True)
+    if opts.demo:
+        concept_text, targets, keep = demo_prompts(opts.concept, opts.anchor)
+        target_prompts = [t for t, _ in targets]
+    else:
+        if not opts.prompts:
+            raise ValueError("with --ckpt, give the prompts to draw with --prompt (and kept ones with --keep)")
+        target_prompts, keep = opts.prompts, opts.keep
+        concept_text = f"{opts.concept} -> {opts.anchor}\n" + "".join(f"keep: {k}\n" for k in keep)
+    prompts = target_prompts + keep
+
+    with tempfile.TemporaryDirectory(prefix="divergence-unlearn-demo-", dir=workdir) as tmp:
+        tmp = Path(tmp)
+        root = prepare_host(tmp)
+        checkpoints = root / "models" / "checkpoints"
+        if opts.demo:
+            ckpt_name = write_checkpoint(checkpoints).name
+        else:
+            src = Path(opts.ckpt).expanduser().resolve()
+            if not src.is_file() or src.suffix != ".safetensors":
+                raise ValueError(f"--ckpt {opts.ckpt}: expected an existing .safetensors checkpoint file")
+            (checkpoints / src.name).symlink_to(src)
+            ckpt_name = src.name
+        print(f"[demo] host {host_label()} prepared in {root}", flush=True)
+        server = ComfyServer(root, tmp)
+        try:
+            server.start()
+            print(f"[demo] ComfyUI listening on {server.url}; queueing the graph ({len(prompts)} prompts x "
+                  f"{opts.seeds} seeds, before and after)", flush=True)
+            start = time.time()
+            entry = server.run(build_graph(opts, ckpt_name, concept_text, prompts), timeout=timeout)
+            graph_seconds = time.time() - start
+            before = [_images(entry, f"before{i}", server.output_dir) for i in range(len(prompts))]
+            after = [_images(entry, f"after{i}", server.output_dir) for i in range(len(prompts))]
+            erasure_report = entry["outputs"]["report"]["text"][0]
+            saved = entry["outputs"]["save"]["text"][0]
+            shutil.copy(root / "models" / "loras" / saved, out / "erasure.safetensors")
+            erase_seconds = _erase_seconds(server.log())
+        finally:
+            server.stop()
+
+    grid(prompts, before, after).save(out / "grid.png")
+    result = {"host": host_label(), "options": opts.__dict__, "prompts": prompts, "graph_seconds": graph_seconds,
+              "erase_seconds": erase_seconds, "erasure_report": erasure_report}
+    if opts.demo:
+        rows = classify(prompts, before, after)
+        result["targets"], result["kept"] = rows[: len(target_prompts)], rows[len(target_prompts):]
+        result["summary"] = summarise(opts.concept, result["targets"], result["kept"])
+    (out / "report.json").write_text(json.dumps(result, indent=1))
+    (out / "report.md").write_text(markdown(opts, result))
+    return result
+
+
+def _erase_seconds(log: str) -> float:
+    """Training time as the Divergence Unlearn node prints it ("... in 12.3 s"), NaN when absent."""
+    import re
+
+    found = re.findall(r"\[Divergence Unlearn\].*? in ([\d.]+) s", log)
+    return float(found[-1]) if found else float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    d = JobOptions()
+    p = argparse.ArgumentParser(prog="python -m unlearn_core.demo run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--concept", default=d.concept, help="a demo shape or colour; with --ckpt, any concept text")
+    p.add_argument("--anchor", default=d.anchor, help="what the concept becomes (demo default: 'shape')")
+    p.add_argument("--divergence", default=d.divergence)
+    p.add_argument("--alpha", type=float, default=d.alpha)
+    p.add_argument("--target-mode", default=d.target_mode, choices=("anchor", "negative_guidance"))
+    p.add_argument("--steps", type=int, default=d.steps, help="erasure training steps")
+    p.add_argument("--lr", type=float, default=d.learning_rate)
+    p.add_argument("--seeds", type=int, default=d.seeds, help="images per prompt")
+    p.add_argument("--sample-steps", type=int, default=d.sample_steps)
+    p.add_argument("--cfg", type=float, default=d.cfg)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--ckpt", default=None, help="your own SD1.x/SDXL .safetensors checkpoint instead of the demo")
+    p.add_argument("--prompt", action="append", default=[], help="with --ckpt: a prompt showing the concept")
+    p.add_argument("--keep", action="append", default=[], help="with --ckpt: a prompt to preserve")
+    p.add_argument("--resolution", type=int, default=None, help="pixels (demo: 64; --ckpt default 512)")
+    p.add_argument("--out", type=Path, default=Path("out/demo"))
+    a = p.parse_args(argv)
+    opts = JobOptions(concept=a.concept, anchor=a.anchor, divergence=a.divergence, alpha=a.alpha,
+                      target_mode=a.target_mode, steps=a.steps, learning_rate=a.lr, seeds=a.seeds,
+                      sample_steps=a.sample_steps, cfg=a.cfg, seed=a.seed, ckpt=a.ckpt, prompts=a.prompt, keep=a.keep,
+                      resolution=a.resolution or (512 if a.ckpt else 64))
+    start = time.time()
+    result = run(opts, a.out)
+    print((a.out / "report.md").read_text())
+    print(f"[demo] grid:   {a.out / 'grid.png'}\n[demo] report: {a.out / 'report.md'} and {a.out / 'report.json'}\n"
+          f"[demo] erasure file (loads with ComfyUI's LoraLoaderModelOnly): {a.out / 'erasure.safetensors'}\n"
+          f"[demo] total {time.time() - start:.0f} s", file=sys.stderr)
+    return 0 if result else 1
