@@ -1,7 +1,7 @@
 """Engine vs naive erasure loop: step time and peak memory, side by side, on the same model (issue 6).
 
-    python benchmarks/bench_engine.py --device cpu --model toy --model sd15 --out benchmarks/results/cpu.md
-    python benchmarks/bench_engine.py --device cuda --model sd15 --model sdxl --out benchmarks/results/gpu.md
+    python benchmarks/bench_engine.py --device cpu --model demo --model sd15 --out benchmarks/results/cpu.md
+    python benchmarks/bench_engine.py --device cuda --model demo --model sd15 --model sdxl --out benchmarks/results/gpu.md
 
 Two sides train the same cross-attention K/V tensors of the same randomly initialised UNet on the same
 latents, timesteps, noise and prompt draws, with the same loss:
@@ -57,14 +57,16 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-MODELS = ("toy", "sd15", "sdxl")
-ALL_MODELS = {"cpu": ("toy", "sd15"), "cuda": ("toy", "sd15", "sdxl")}
+MODELS = ("demo", "toy", "sd15", "sdxl")
+ALL_MODELS = {"cpu": ("demo", "sd15"), "cuda": ("demo", "sd15", "sdxl")}
 
 # (device, model) -> batch, latent side, timed steps, warm-up steps, repeats (alternating engine/naive runs)
 DEFAULTS = {
+    ("cpu", "demo"): dict(batch=2, latent=8, steps=6, warmup=2, repeats=3),
     ("cpu", "toy"): dict(batch=2, latent=8, steps=10, warmup=2, repeats=3),
     ("cpu", "sd15"): dict(batch=1, latent=8, steps=3, warmup=1, repeats=1),
     ("cpu", "sdxl"): dict(batch=1, latent=8, steps=2, warmup=1, repeats=1),
+    ("cuda", "demo"): dict(batch=4, latent=8, steps=50, warmup=5, repeats=1),
     ("cuda", "toy"): dict(batch=4, latent=8, steps=50, warmup=5, repeats=1),
     ("cuda", "sd15"): dict(batch=4, latent=64, steps=30, warmup=3, repeats=1),
     ("cuda", "sdxl"): dict(batch=1, latent=128, steps=20, warmup=3, repeats=1),
@@ -139,6 +141,10 @@ def build_unet(model: str, device, seed: int):
 
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}")
+    if model == "demo":  # the shipped demo model's UNet (trained weights, SD1.5 layout, 320 channels)
+        from unlearn_core.demo.diffusers_pipeline import demo_unet
+
+        return demo_unet().to(device), 77
     if model == "toy":
         from unlearn_core.toy import tiny_pipeline
 
@@ -496,7 +502,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--model", action="append", choices=MODELS + ("all",),
-                   help="repeatable; 'all' = toy, sd15 on cpu, toy, sd15, sdxl on cuda (default: all)")
+                   help="repeatable; 'all' = demo, sd15 on cpu, demo, sd15, sdxl on cuda (default: all)")
     p.add_argument("--steps", type=int, help="timed steps per side (default per device and model)")
     p.add_argument("--warmup", type=int, help="untimed warm-up steps before the timed ones (default 1-5)")
     p.add_argument("--batch", type=int, help="erasure samples per step (plus as many keep samples)")
@@ -508,7 +514,7 @@ def parse_args(argv=None):
     p.add_argument("--engine-weights", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="dtype of the UNet weights on the engine side (the naive side is always fp32)")
     p.add_argument("--repeats", type=int, help="runs per side, alternating engine/naive; the fastest is "
-                   "reported (default: 3 for the CPU toy, else 1)")
+                   "reported (default: 3 for the CPU demo and toy, else 1)")
     p.add_argument("--threads", type=int, help="torch CPU threads per side (default: torch's own); on a shared "
                    "machine 1 gives steadier numbers")
     p.add_argument("--sides", default="engine,naive", help="which sides to run, comma-separated")
@@ -523,7 +529,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.side:  # child: one side, one model
         if not args.model or len(args.model) != 1 or args.model[0] not in MODELS:
-            raise SystemExit("--side runs exactly one --model (toy, sd15 or sdxl)")
+            raise SystemExit("--side runs exactly one --model (demo, toy, sd15 or sdxl)")
         args.model = args.model[0]
         info = run_side(args)
         args.result_file.write_text(json.dumps(info))

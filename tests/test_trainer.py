@@ -155,3 +155,19 @@ def test_full_parameter_set_trains_every_tensor_and_restores_the_network(denoise
     after = dict(denoiser.net.named_parameters())
     assert set(erasure.names) == set(before)
     assert all(after[n] is before[n] for n in before), "a parameter object was replaced"
+
+
+def test_target_modes_combine_the_frozen_outputs_as_documented():
+    from unlearn_core.targets import TARGET_MODES
+
+    anchor, target, uncond = torch.tensor([1.0]), torch.tensor([3.0]), torch.tensor([0.5])
+    assert TARGET_MODES["anchor"].combine([anchor], 2.0) == anchor
+    assert TARGET_MODES["negative_guidance"].combine([anchor, target, uncond], 2.0) == anchor - 2.0 * (target - uncond)
+    # anchor_guidance: the anchor, pushed away from what distinguishes the target from it
+    assert TARGET_MODES["anchor_guidance"].combine([anchor, target], 2.0) == anchor - 2.0 * (target - anchor)
+    assert TARGET_MODES["anchor_guidance"].combine([anchor, target], 0.0) == anchor
+
+
+def test_anchor_guidance_trains(denoiser):
+    erasure = erase(denoiser, CONCEPTS, EraseConfig(target_mode="anchor_guidance", steps=2, **QUICK))
+    assert any(erasure.delta(n).abs().sum() > 0 for n in erasure.names)

@@ -51,9 +51,22 @@ def _guidance_combine(outputs: list[Tensor], eta: float) -> Tensor:
     return from_ - eta * (target - uncond)
 
 
+def _anchor_guidance_terms(bank: PromptBank) -> list[Conditioning]:
+    return [bank.anchor, bank.target]
+
+
+def _anchor_guidance_combine(outputs: list[Tensor], eta: float) -> Tensor:
+    """target = eps_frozen(x_t, c_anchor) - eta (eps_frozen(x_t, c*) - eps_frozen(x_t, c_anchor))."""
+    anchor, target = outputs
+    return anchor - eta * (target - anchor)
+
+
 TARGET_MODES: dict[str, TargetMode] = {
     "anchor": TargetMode("anchor", _anchor_terms, _anchor_combine,
                          "Concept Ablation / f-DMU: the original model's prediction for the anchor prompt"),
     "negative_guidance": TargetMode("negative_guidance", _guidance_terms, _guidance_combine,
                                     "ESD: the original prediction steered away from the target by eta"),
+    "anchor_guidance": TargetMode("anchor_guidance", _anchor_guidance_terms, _anchor_guidance_combine,
+                                  "the anchor's prediction steered away from the target by eta: becomes the anchor "
+                                  "minus what makes the target differ from it (a red circle -> a red non-circle)"),
 }

@@ -1,0 +1,331 @@
+"""Erasure-quality benchmark on the demo model: Hellinger vs MSE vs the other f-divergences (issue 7).
+
+    python benchmarks/erasure_quality.py --mode full  --out benchmarks/results/quality
+    python benchmarks/erasure_quality.py --mode quick --out /tmp/quality      # CI: a few minutes
+
+Every run erases one concept (a shape towards "shape", or a colour towards no colour) from the demo
+model with one divergence, target mode, learning rate and seed, training the cross-attention K/V
+deltas. The network is the demo's slim UNet, which computes exactly what the 320-channel ComfyUI
+checkpoint computes (K/V gradients are zero outside its channels, so training it is training the
+checkpoint). At fixed steps during training the run samples the target prompts and the kept prompts
+with fixed seeds (the same noise as for the original model) and reads the images with the shipped
+attribute classifier:
+
+- efficacy: % of target images NOT showing the erased value (100 = erased);
+- in-domain preservation: % of kept-prompt images showing their own value of the same attribute
+  (other shapes stay shapes), relative to the original model's score;
+- cross-domain preservation: % of all images showing the other attribute as prompted (colours of
+  circles and squares), relative to the original;
+- KID (x1000) between classifier features of kept-prompt images after and before, same seeds;
+- steps to 90% efficacy; gradient norm and S = ||eps_theta(x, c) - target||^2 at every step.
+
+A second sweep scales sigma in the closed forms so that S/sigma^2 spans ~0.1 to ~10.
+Outputs: ``results.json`` (every run), ``table.md`` (mean and 95% interval over concepts x seeds)
+and PNG plots. Deterministic from the seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from unlearn_core.concepts import parse_concept_text
+from unlearn_core.demo.main_job import demo_prompts
+from unlearn_core.demo.model import DemoDenoiser, DemoModel, load_classifier
+from unlearn_core.demo.shapes import COLORS, SHAPES
+from unlearn_core.trainer import EraseConfig, StepInfo, erase
+
+DIVERGENCES = {  # label -> EraseConfig fields
+    "mse (KL)": {"divergence": "mse"},
+    "hellinger": {"divergence": "hellinger"},
+    "pearson chi2": {"divergence": "pearson_chi2"},
+    "alpha 0.25": {"divergence": "alpha", "alpha": 0.25},
+    "alpha 0.75": {"divergence": "alpha", "alpha": 0.75},
+    "alpha 1.5": {"divergence": "alpha", "alpha": 1.5},
+    "variational hellinger": {"divergence": "variational_hellinger"},
+    "variational JS": {"divergence": "variational_jensen_shannon"},
+}
+MODES = {
+    "full": dict(concepts=("circle", "square", "red", "blue"), divergences=tuple(DIVERGENCES),
+                 target_modes=("anchor", "negative_guidance"), seeds=(0, 1, 2), learning_rates=(5e-5, 2e-4),
+                 steps=120, evals=(15, 30, 60, 120), eval_seeds=3,
+                 sigma_concepts=("circle", "red"), sigma_ratios=(0.1, 1.0, 10.0),
+                 sigma_divergences=("mse (KL)", "hellinger", "pearson chi2")),
+    "quick": dict(concepts=("circle",), divergences=("mse (KL)", "hellinger", "pearson chi2"),
+                  target_modes=("anchor",), seeds=(0,), learning_rates=(2e-4,), steps=40, evals=(20, 40),
+                  eval_seeds=2, sigma_concepts=("circle",), sigma_ratios=(10.0,), sigma_divergences=("hellinger",)),
+}
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         11: 2.201, 15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def kid(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Unbiased MMD^2 with the cubic kernel k(a, b) = (a.b / d + 1)^3 (Binkowski et al. 2018)."""
+    d = x.shape[1]
+    kxx, kyy, kxy = ((x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3)
+    n, m = len(x), len(y)
+    return float((kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
+                 + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1)) - 2 * kxy.mean())
+
+
+def interval(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95% t-interval."""
+    v = np.array([x for x in values if math.isfinite(x)], dtype=float)
+    if len(v) < 2:
+        return (float(v.mean()) if len(v) else math.nan), math.nan
+    dof = len(v) - 1
+    t = T_975[max(k for k in T_975 if k <= dof)]
+    return float(v.mean()), float(t * v.std(ddof=1) / math.sqrt(len(v)))
+
+
+class Probe:
+    """Samples the target and kept prompts of one concept with fixed seeds and scores them."""
+
+    def __init__(self, model: DemoModel, denoiser: DemoDenoiser, concept: str, seeds: int):
+        self.model, self.denoiser, self.clf = model, denoiser, load_classifier()
+        _, targets, self.keep = demo_prompts(concept, "")
+        self.targets = [t for t, _ in targets]
+        self.attr = "shape" if concept in SHAPES else "color"
+        self.other = "color" if self.attr == "shape" else "shape"
+        self.concept, self.seeds = concept, seeds
+        self.reference = self._sample()
+
+    def _sample(self) -> dict:
+        prompts = self.targets + self.keep
+        preds = {"shape": [], "color": []}
+        feats = []
+        for seed in range(self.seeds):
+            images = self.model.generate(prompts, seed=1000 + seed, denoiser=self.denoiser)
+            p = self.clf.predict(images)
+            preds["shape"] += p["shape"]
+            preds["color"] += p["color"]
+            feats.append(self.clf.features_of(images)[len(self.targets):])
+        words = [p.split() for p in prompts] * self.seeds
+        n_t = len(self.targets)
+        is_target = [i % len(prompts) < n_t for i in range(len(words))]
+        named = {"shape": [w[2] for w in words], "color": [w[1] for w in words]}
+        hit = {a: [p == n for p, n in zip(preds[a], named[a])] for a in preds}
+        return {
+            "target_shows": 100 * np.mean([h for h, t in zip(hit[self.attr], is_target) if t]),
+            "in_domain": 100 * np.mean([h for h, t in zip(hit[self.attr], is_target) if not t]),
+            "cross_domain": 100 * np.mean(hit[self.other]),
+            "features": torch.cat(feats),
+        }
+
+    @torch.no_grad()
+    def score(self) -> dict:
+        now = self._sample()
+        ref = self.reference
+        return {"efficacy": 100 - now["target_shows"],
+                "in_domain": now["in_domain"] - ref["in_domain"],
+                "cross_domain": now["cross_domain"] - ref["cross_domain"],
+                "kid_x1000": 1000 * kid(now["features"], ref["features"])}
+
+
+def one_run(model: DemoModel, concept: str, label: str, target_mode: str, lr: float, seed: int, steps: int,
+            evals: tuple[int, ...], eval_seeds: int, sigma: float = 1.0) -> dict:
+    denoiser = DemoDenoiser(model)
+    probe = Probe(model, denoiser, concept, eval_seeds)
+    text, _, _ = demo_prompts(concept, "")
+    config = EraseConfig(**DIVERGENCES[label], target_mode=target_mode, learning_rate=lr, seed=seed, steps=steps,
+                         sigma=sigma, resolution=64, batch_size=4, num_samples=8, sample_steps=10)
+    history, scores = [], {}
+
+    def callback(info: StepInfo) -> None:
+        if info.phase != "training":
+            return
+        history.append([info.step, info.loss, info.mean_s, info.grad_norm])
+        if info.step in evals:  # the trained deltas are live on the network during the callback
+            scores[info.step] = probe.score()
+
+    started = time.time()
+    erase(denoiser, parse_concept_text(text), config, callback=callback)
+    efficacies = [(s, scores[s]["efficacy"]) for s in evals]
+    return {"concept": concept, "divergence": label, "target_mode": target_mode, "lr": lr, "seed": seed,
+            "sigma": sigma, "config": asdict(config), "seconds": time.time() - started,
+            "before": {k: v for k, v in probe.reference.items() if k != "features"},
+            "evals": {str(s): v for s, v in scores.items()},
+            "steps_to_90": next((s for s, e in efficacies if e >= 90), None),
+            "history": history}
+
+
+def aggregate(runs: list[dict], final_step: int) -> list[dict]:
+    """Mean and 95% interval over concepts x seeds, per divergence, target mode and learning rate."""
+    rows = []
+    keys = sorted({(r["divergence"], r["target_mode"], r["lr"]) for r in runs},
+                  key=lambda k: (list(DIVERGENCES).index(k[0]), k[1], k[2]))
+    for div, mode, lr in keys:
+        group = [r for r in runs if (r["divergence"], r["target_mode"], r["lr"]) == (div, mode, lr)]
+        finals = [r["evals"][str(final_step)] for r in group]
+        row = {"divergence": div, "target_mode": mode, "lr": lr, "n": len(group)}
+        for metric in ("efficacy", "in_domain", "cross_domain", "kid_x1000"):
+            row[metric] = interval([f[metric] for f in finals])
+        row["steps_to_90"] = interval([r["steps_to_90"] if r["steps_to_90"] else math.nan for r in group])
+        row["reached_90"] = sum(r["steps_to_90"] is not None for r in group)
+        row["grad_norm"] = interval([float(np.mean([h[3] for h in r["history"]])) for r in group])
+        row["S"] = interval([float(np.median([h[2] for h in r["history"]])) for r in group])
+        rows.append(row)
+    return rows
+
+
+def _fmt(pair: tuple[float, float], digits: int = 1) -> str:
+    mean, half = pair
+    if not math.isfinite(mean):
+        return "—"
+    return f"{mean:.{digits}f} ± {half:.{digits}f}" if math.isfinite(half) else f"{mean:.{digits}f}"
+
+
+def table(rows: list[dict], final_step: int) -> str:
+    lines = [f"| divergence | target mode | lr | efficacy % | in-domain Δ pts | cross-domain Δ pts | KID×1000 | "
+             f"steps to 90% (reached) | mean grad norm | median S |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['divergence']} | {r['target_mode']} | {r['lr']:g} | {_fmt(r['efficacy'])} | "
+                     f"{_fmt(r['in_domain'])} | {_fmt(r['cross_domain'])} | {_fmt(r['kid_x1000'], 2)} | "
+                     f"{_fmt(r['steps_to_90'], 0)} ({r['reached_90']}/{r['n']}) | {_fmt(r['grad_norm'], 3)} | "
+                     f"{_fmt(r['S'], 4)} |")
+    return f"After {final_step} steps; mean ± 95% interval over concepts × seeds.\n\n" + "\n".join(lines) + "\n"
+
+
+def plots(runs: list[dict], sigma_runs: list[dict], evals: tuple[int, ...], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [d for d in DIVERGENCES if any(r["divergence"] == d for r in runs)]
+    colours = dict(zip(labels, plt.cm.tab10.colors))
+    modes = sorted({r["target_mode"] for r in runs})
+    written = []
+
+    def mean_over(group, step, metric):
+        return float(np.mean([r["evals"][str(step)][metric] for r in group]))
+
+    fig, axes = plt.subplots(1, len(modes), figsize=(6.5 * len(modes), 5), squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        for label in labels:
+            for lr in sorted({r["lr"] for r in runs}):
+                group = [r for r in runs if (r["divergence"], r["target_mode"], r["lr"]) == (label, mode, lr)]
+                if not group:
+                    continue
+                xs = [mean_over(group, s, "efficacy") for s in evals]
+                ys = [mean_over(group, s, "in_domain") for s in evals]
+                ax.plot(xs, ys, "-o" if lr == max(r["lr"] for r in runs) else "--^", color=colours[label],
+                        label=f"{label} lr {lr:g}", markersize=4)
+        ax.set(xlabel="efficacy % (target images not showing the concept)",
+               ylabel="in-domain preservation Δ points", title=f"efficacy vs preservation ({mode}); points = steps")
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.legend(fontsize=6)
+    written.append(out / "efficacy_vs_preservation.png")
+    fig.tight_layout()
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 3, figsize=(18, 4.8))
+    top_lr = max(r["lr"] for r in runs)
+    for label in labels:
+        group = [r for r in runs if r["divergence"] == label and r["target_mode"] == modes[0] and r["lr"] == top_lr]
+        if not group:
+            continue
+        axes[0].plot(evals, [mean_over(group, s, "efficacy") for s in evals], "-o", color=colours[label], label=label)
+        hist = np.array([[h[3] for h in r["history"]] for r in group])
+        axes[1].plot(np.arange(1, hist.shape[1] + 1), hist.mean(0), color=colours[label], label=label, lw=1)
+        s_vals = np.concatenate([[h[2] for h in r["history"]] for r in group])
+        g_vals = np.concatenate([[h[3] for h in r["history"]] for r in group])
+        axes[2].scatter(s_vals, g_vals, s=3, color=colours[label], label=label, alpha=0.4)
+    axes[0].set(xlabel="step", ylabel="efficacy %", title=f"efficacy over steps ({modes[0]}, lr {top_lr:g})")
+    axes[1].set(xlabel="step", ylabel="gradient norm (before clipping)", yscale="log", title="gradient norm over steps")
+    axes[2].set(xlabel="S = ||eps_theta - target||^2", ylabel="gradient norm", xscale="log", yscale="log",
+                title="gradient norm against S")
+    for ax in axes:
+        ax.legend(fontsize=6)
+    written.append(out / "training_dynamics.png")
+    fig.tight_layout()
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+
+    if sigma_runs:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        final = str(max(evals))
+        for label in sorted({r["divergence"] for r in sigma_runs}, key=list(DIVERGENCES).index):
+            group = [r for r in sigma_runs if r["divergence"] == label]
+            ratios = sorted({r["ratio"] for r in group})
+            eff = [np.mean([r["evals"][final]["efficacy"] for r in group if r["ratio"] == q]) for q in ratios]
+            pres = [np.mean([r["evals"][final]["in_domain"] for r in group if r["ratio"] == q]) for q in ratios]
+            axes[0].plot(ratios, eff, "-o", color=colours.get(label), label=label)
+            axes[1].plot(ratios, pres, "-o", color=colours.get(label), label=label)
+        axes[0].set(xscale="log", xlabel="S / sigma^2 (median S of the sigma = 1 run)", ylabel="efficacy %",
+                    title="sigma sweep: efficacy")
+        axes[1].set(xscale="log", xlabel="S / sigma^2", ylabel="in-domain Δ points", title="sigma sweep: preservation")
+        for ax in axes:
+            ax.legend(fontsize=7)
+        written.append(out / "sigma_sweep.png")
+        fig.tight_layout()
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=tuple(MODES), default="quick")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/quality"))
+    args = parser.parse_args(argv)
+    plan = MODES[args.mode]
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    args.out.mkdir(parents=True, exist_ok=True)
+    model = DemoModel.load()
+    started = time.time()
+
+    runs = []
+    grid = list(itertools.product(plan["concepts"], plan["divergences"], plan["target_modes"],
+                                  plan["learning_rates"], plan["seeds"]))
+    for i, (concept, label, mode, lr, seed) in enumerate(grid, 1):
+        run = one_run(model, concept, label, mode, lr, seed, plan["steps"], plan["evals"], plan["eval_seeds"])
+        runs.append(run)
+        final = run["evals"][str(plan["steps"])]
+        print(f"[{i}/{len(grid)}] {concept:>6} {label:<22} {mode:<17} lr {lr:g} seed {seed}: "
+              f"efficacy {final['efficacy']:.0f}% in-domain {final['in_domain']:+.0f} "
+              f"cross {final['cross_domain']:+.0f} KID {final['kid_x1000']:.2f} ({run['seconds']:.0f} s)", flush=True)
+
+    sigma_runs = []
+    top_lr = max(plan["learning_rates"])
+    for concept, label in itertools.product(plan["sigma_concepts"], plan["sigma_divergences"]):
+        base = [r for r in runs if (r["concept"], r["divergence"], r["target_mode"], r["lr"]) ==
+                (concept, label, "anchor", top_lr)]
+        median_s = float(np.median([h[2] for r in base for h in r["history"]]))
+        for ratio in plan["sigma_ratios"]:
+            sigma = math.sqrt(median_s / ratio)
+            run = one_run(model, concept, label, "anchor", top_lr, plan["seeds"][0], plan["steps"], plan["evals"],
+                          plan["eval_seeds"], sigma=sigma)
+            run.update(ratio=ratio, median_s_at_sigma_1=median_s)
+            sigma_runs.append(run)
+            final = run["evals"][str(plan["steps"])]
+            print(f"[sigma] {concept:>6} {label:<14} S/sigma^2 {ratio:g} (sigma {sigma:.3g}): efficacy "
+                  f"{final['efficacy']:.0f}% in-domain {final['in_domain']:+.0f}", flush=True)
+
+    rows = aggregate(runs, plan["steps"])
+    meta = {"mode": args.mode, "plan": plan, "seconds": time.time() - started, "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
+            "command": f"python benchmarks/erasure_quality.py --mode {args.mode} --out {args.out}"}
+    (args.out / "results.json").write_text(json.dumps({"meta": meta, "table": rows, "runs": runs,
+                                                       "sigma_runs": sigma_runs}, indent=1))
+    (args.out / "table.md").write_text(f"`{meta['command']}` ({meta['date']}, {meta['seconds'] / 60:.1f} min, "
+                                       f"{meta['threads']} CPU threads)\n\n" + table(rows, plan["steps"]))
+    written = plots(runs, sigma_runs, plan["evals"], args.out)
+    print(table(rows, plan["steps"]))
+    print(f"wrote {args.out / 'results.json'}, {args.out / 'table.md'}, " + ", ".join(str(p) for p in written))
+    print(f"total {meta['seconds'] / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

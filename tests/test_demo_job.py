@@ -1,0 +1,48 @@
+"""The README's main job, end to end: erase "circle" from the demo model inside a real ComfyUI server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from unlearn_core.demo.main_job import JobOptions, build_graph, demo_prompts, run
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_prompts_cover_target_and_kept_attributes():
+    text, targets, keep = demo_prompts("circle", "")
+    assert "a red circle -> a red shape" in text and "a circle -> a shape" in text
+    assert all("circle" in t for t, _ in targets) and not any("circle" in k for k in keep)
+    text, targets, keep = demo_prompts("red", "")
+    assert "a red square -> a square" in text and all("red" not in k for k in keep)
+    with pytest.raises(ValueError, match="not a demo attribute"):
+        demo_prompts("dog", "")
+
+
+def test_graph_pairs_every_prompt_before_and_after_with_the_same_seed():
+    graph = build_graph(JobOptions(), "demo.safetensors", "circle -> shape\n", ["a red circle", "a blue square"])
+    for i in range(2):
+        before, after = graph[f"before{i}"]["inputs"], graph[f"after{i}"]["inputs"]
+        assert before["model"] == ["ckpt", 0] and after["model"] == ["unlearn", 0]
+        assert {k: v for k, v in before.items() if k != "model"} == {k: v for k, v in after.items() if k != "model"}
+
+
+def test_main_job_erases_circle_in_comfyui(tmp_path):
+    """Quick settings of the README command; the thresholds are the issue's."""
+    out = tmp_path / "demo"
+    result = run(JobOptions(seeds=6), out, workdir=tmp_path)
+    s = result["summary"]
+    assert s["target_recognised_before"] >= 80, s
+    assert s["target_recognised_after"] <= 10, s
+    assert abs(s["target_color_kept_after"] - s["target_color_kept_before"]) <= 5, s
+    assert abs(s["kept_shape_after"] - s["kept_shape_before"]) <= 5, s
+    assert abs(s["kept_color_after"] - s["kept_color_before"]) <= 5, s
+    report = json.loads((out / "report.json").read_text())
+    assert report["summary"] == s and "moved" in report["erasure_report"]
+    assert "recognised in target images" in (out / "report.md").read_text()
+    grid = Image.open(out / "grid.png")
+    assert grid.width > 12 * 96 and grid.height > 10 * 96
+    assert (out / "erasure.safetensors").stat().st_size > 0

@@ -1,0 +1,54 @@
+"""The erasure-quality benchmark (issue 7): its statistics, and its quick mode end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "erasure_quality.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("erasure_quality", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_kid_is_zero_for_one_distribution_and_grows_with_a_shift():
+    bench = _bench()
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(200, 16, generator=gen), torch.randn(200, 16, generator=gen)
+    same = bench.kid(x, y)
+    shifted = bench.kid(x, y + 1.0)
+    assert abs(same) < 0.05 and shifted > 20 * max(abs(same), 1e-3)
+
+
+def test_interval_matches_the_t_distribution():
+    bench = _bench()
+    mean, half = bench.interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and abs(half - 4.303 * 1.0 / 3 ** 0.5) < 1e-9
+    assert bench.interval([5.0])[0] == 5.0
+
+
+@pytest.mark.slow
+def test_quick_mode_runs_and_erases(tmp_path):
+    out = tmp_path / "quality"
+    subprocess.run([sys.executable, str(SCRIPT), "--mode", "quick", "--out", str(out)], check=True, cwd=ROOT,
+                   timeout=600)
+    result = json.loads((out / "results.json").read_text())
+    assert {p.name for p in out.glob("*.png")} == {"efficacy_vs_preservation.png", "training_dynamics.png",
+                                                   "sigma_sweep.png"}
+    assert "hellinger" in (out / "table.md").read_text()
+    for run in result["runs"]:
+        before = 100 - run["before"]["target_shows"]
+        final = run["evals"][str(result["meta"]["plan"]["steps"])]
+        assert final["efficacy"] >= before + 40, (run["divergence"], before, final)
+        assert all(len(h) == 4 for h in run["history"]) and len(run["history"]) == result["meta"]["plan"]["steps"]
