@@ -66,9 +66,10 @@ class DivergenceUnlearn:
                                                "where S/sigma² is about 1 or more; watch S in the console."}),
                 "target_mode": (list(TARGET_MODES), {"default": "anchor", "tooltip":
                                 "anchor: become the anchor (Concept Ablation / f-DMU); negative_guidance: move away "
-                                "from the target (ESD)."}),
+                                "from the target (ESD); anchor_guidance: become the anchor minus what makes the target "
+                                "differ from it (when the anchor can still show the target, e.g. circle -> shape)."}),
                 "guidance_eta": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.1,
-                                           "tooltip": "Strength of negative guidance (ESD's eta)."}),
+                                           "tooltip": "Strength of negative_guidance / anchor_guidance (ESD's eta)."}),
                 "erase_from": ("STRING", {"default": "", "tooltip":
                                "negative_guidance only: erase the target from this prompt (e.g. 'cowboy' to "
                                "remove 'cowboy hat' from cowboys); empty = from the target itself."}),

@@ -46,3 +46,28 @@ def test_main_job_erases_circle_in_comfyui(tmp_path):
     grid = Image.open(out / "grid.png")
     assert grid.width > 12 * 96 and grid.height > 10 * 96
     assert (out / "erasure.safetensors").stat().st_size > 0
+
+
+def test_main_job_with_a_users_checkpoint(tmp_path):
+    """--ckpt: any SD1.x file (here the assembled demo checkpoint), free prompts, prediction-space report only."""
+    from unlearn_core.demo.assemble import write_checkpoint
+
+    ckpt = write_checkpoint(tmp_path / "mine.safetensors")
+    out = tmp_path / "mine"
+    opts = JobOptions(ckpt=str(ckpt), concept="a red circle", anchor="a red shape", prompts=["a red circle"],
+                      keep=["a blue square"], steps=10, seeds=2, sample_steps=8)
+    result = run(opts, out, workdir=tmp_path)
+    assert "summary" not in result and "moved" in result["erasure_report"]
+    assert Image.open(out / "grid.png").height > 2 * 96
+    assert "# Erasure report" in (out / "report.md").read_text()
+    with pytest.raises(ValueError, match="--prompt"):
+        run(JobOptions(ckpt=str(ckpt), concept="x", anchor="y"), out, workdir=tmp_path)
+
+
+def test_shipped_demo_workflow_is_the_jobs_graph():
+    from pathlib import Path
+
+    from unlearn_core.demo.main_job import demo_workflow
+
+    path = Path(__file__).resolve().parents[1] / "workflows" / "demo_erase_circle_api.json"
+    assert json.loads(path.read_text()) == demo_workflow()

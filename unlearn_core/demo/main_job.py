@@ -33,7 +33,7 @@ from PIL import Image
 
 from ..headless import ComfyServer, host_label, prepare_host
 from ..plot import comparison_grid
-from .assemble import write_checkpoint
+from .assemble import CHECKPOINT_NAME, write_checkpoint
 from .shapes import BACKGROUNDS, COLORS, SHAPES
 
 CELL = 96  # grid cell size in pixels (64-pixel samples are upscaled, nearest)
@@ -45,8 +45,8 @@ class JobOptions:
     anchor: str = ""  # default: "shape" for a shape; the same prompt without the colour for a colour
     divergence: str = "hellinger"
     alpha: float = 0.5
-    target_mode: str = "anchor"
-    steps: int = 120
+    target_mode: str = "anchor_guidance"  # "a red shape" can be a circle; this steers the anchor away from it
+    steps: int = 60
     learning_rate: float = 1e-4
     seeds: int = 8
     sample_steps: int = 20
@@ -117,6 +117,25 @@ def build_graph(opts: JobOptions, ckpt_name: str, concept_text: str, prompts: li
             graph[f"{when}{i}_save"] = {"class_type": "SaveImage", "inputs": {
                 "images": [f"{when}{i}_decode", 0], "filename_prefix": f"demo/{when}_{i:02d}"}}
     return graph
+
+
+TITLES = {"ckpt": "Load Checkpoint (demo shapes model)", "concepts": "Load Concept Set", "unlearn": "Divergence Unlearn",
+          "save": "Save Erasure", "report": "Erasure Report", "latent": "Empty Latent Image",
+          "negative": "Negative prompt (empty)"}
+
+
+def demo_workflow() -> dict:
+    """``workflows/demo_erase_circle_api.json``: the job's graph for one target and one kept prompt, numbered ids."""
+    opts = JobOptions()
+    text, _, _ = demo_prompts(opts.concept, opts.anchor)
+    graph = build_graph(opts, CHECKPOINT_NAME, text, ["a red circle", "a blue square"])
+    number = {old: str(i) for i, old in enumerate(graph, 1)}
+    out = {}
+    for old, node in graph.items():
+        inputs = {k: [number[v[0]], v[1]] if isinstance(v, list) else v for k, v in node["inputs"].items()}
+        title = TITLES.get(old) or f"{node['class_type']} ({old.replace('_', ' ')})"
+        out[number[old]] = {"class_type": node["class_type"], "inputs": inputs, "_meta": {"title": title}}
+    return out
 
 
 def _images(entry: dict, node: str, output_dir: Path) -> list[Image.Image]:
@@ -272,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--anchor", default=d.anchor, help="what the concept becomes (demo default: 'shape')")
     p.add_argument("--divergence", default=d.divergence)
     p.add_argument("--alpha", type=float, default=d.alpha)
-    p.add_argument("--target-mode", default=d.target_mode, choices=("anchor", "negative_guidance"))
+    p.add_argument("--target-mode", default=d.target_mode, choices=("anchor", "negative_guidance", "anchor_guidance"))
     p.add_argument("--steps", type=int, default=d.steps, help="erasure training steps")
     p.add_argument("--lr", type=float, default=d.learning_rate)
     p.add_argument("--seeds", type=int, default=d.seeds, help="images per prompt")
