@@ -83,6 +83,7 @@ class ErasureReport:
     RETURN_TYPES = ("STRING", "IMAGE")
     RETURN_NAMES = ("report", "chart")
     OUTPUT_TOOLTIPS = ("The numbers as text.", "The same as a bar chart.")
+    OUTPUT_NODE = True  # runs (and shows its text) even when nothing consumes its outputs
     FUNCTION = "report"
 
     @classmethod

@@ -47,9 +47,9 @@ class JobOptions:
     alpha: float = 0.5
     target_mode: str = "anchor_guidance"  # "a red shape" can be a circle; this steers the anchor away from it
     steps: int = 60
-    learning_rate: float = 1e-4
-    seeds: int = 8
-    sample_steps: int = 20
+    learning_rate: float = 5e-4
+    seeds: int = 6
+    sample_steps: int = 15
     cfg: float = 4.0
     seed: int = 0
     ckpt: str | None = None
@@ -254,14 +254,15 @@ def run(opts: JobOptions, out: Path, workdir: Path | None = None, timeout: float
             start = time.time()
             entry = server.run(build_graph(opts, ckpt_name, concept_text, prompts), timeout=timeout)
             graph_seconds = time.time() - start
-            before = [_images(entry, f"before{i}", server.output_dir) for i in range(len(prompts))]
-            after = [_images(entry, f"after{i}", server.output_dir) for i in range(len(prompts))]
+            before = [_images(entry, f"before{i}_save", server.output_dir) for i in range(len(prompts))]
+            after = [_images(entry, f"after{i}_save", server.output_dir) for i in range(len(prompts))]
             erasure_report = entry["outputs"]["report"]["text"][0]
             saved = entry["outputs"]["save"]["text"][0]
             shutil.copy(root / "models" / "loras" / saved, out / "erasure.safetensors")
             erase_seconds = _erase_seconds(server.log())
         finally:
             server.stop()
+            shutil.copy(server.log_path, out / "comfyui.log")
 
     grid(prompts, before, after).save(out / "grid.png")
     result = {"host": host_label(), "options": opts.__dict__, "prompts": prompts, "graph_seconds": graph_seconds,
