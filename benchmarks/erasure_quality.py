@@ -55,12 +55,13 @@ DIVERGENCES = {  # label -> EraseConfig fields
 }
 MODES = {
     "full": dict(concepts=("circle", "square", "red", "blue"), divergences=tuple(DIVERGENCES),
-                 target_modes=("anchor", "negative_guidance"), seeds=(0, 1, 2), learning_rates=(5e-5, 2e-4),
+                 target_modes=("anchor", "negative_guidance", "anchor_guidance"), seeds=(0, 1, 2),
+                 learning_rates=(1e-4, 5e-4),
                  steps=120, evals=(15, 30, 60, 120), eval_seeds=3,
                  sigma_concepts=("circle", "red"), sigma_ratios=(0.1, 1.0, 10.0),
                  sigma_divergences=("mse (KL)", "hellinger", "pearson chi2")),
     "quick": dict(concepts=("circle",), divergences=("mse (KL)", "hellinger", "pearson chi2"),
-                  target_modes=("anchor",), seeds=(0,), learning_rates=(2e-4,), steps=40, evals=(20, 40),
+                  target_modes=("anchor",), seeds=(0,), learning_rates=(1e-3,), steps=40, evals=(20, 40),
                   eval_seeds=2, sigma_concepts=("circle",), sigma_ratios=(10.0,), sigma_divergences=("hellinger",)),
 }
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
