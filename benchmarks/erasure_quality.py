@@ -40,7 +40,7 @@ import torch
 from unlearn_core.concepts import parse_concept_text
 from unlearn_core.demo.main_job import demo_prompts
 from unlearn_core.demo.model import DemoDenoiser, DemoModel, load_classifier
-from unlearn_core.demo.shapes import COLORS, SHAPES
+from unlearn_core.demo.shapes import SHAPES
 from unlearn_core.trainer import EraseConfig, StepInfo, erase
 
 DIVERGENCES = {  # label -> EraseConfig fields
@@ -185,8 +185,8 @@ def _fmt(pair: tuple[float, float], digits: int = 1) -> str:
 
 
 def table(rows: list[dict], final_step: int) -> str:
-    lines = [f"| divergence | target mode | lr | efficacy % | in-domain Δ pts | cross-domain Δ pts | KID×1000 | "
-             f"steps to 90% (reached) | mean grad norm | median S |",
+    lines = ["| divergence | target mode | lr | efficacy % | in-domain Δ pts | cross-domain Δ pts | KID×1000 | "
+             "steps to 90% (reached) | mean grad norm | median S |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['divergence']} | {r['target_mode']} | {r['lr']:g} | {_fmt(r['efficacy'])} | "
