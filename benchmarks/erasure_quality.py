@@ -16,7 +16,8 @@ attribute classifier:
   (other shapes stay shapes), relative to the original model's score;
 - cross-domain preservation: % of all images showing the other attribute as prompted (colours of
   circles and squares), relative to the original;
-- KID (x1000) between classifier features of kept-prompt images after and before, same seeds;
+- KID (x1000) between classifier features of kept-prompt images after and before, same seeds
+  (features standardised by the original model's mean and deviation);
 - steps to 90% efficacy; gradient norm and S = ||eps_theta(x, c) - target||^2 at every step.
 
 A second sweep scales sigma in the closed forms so that S/sigma^2 spans ~0.1 to ~10.
@@ -69,12 +70,15 @@ T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 
 
 
 def kid(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Unbiased MMD^2 with the cubic kernel k(a, b) = (a.b / d + 1)^3 (Binkowski et al. 2018)."""
-    d = x.shape[1]
+    """Unbiased MMD^2_u = sum_{i!=j} [k(x_i,x_j) + k(y_i,y_j) - k(x_i,y_j) - k(x_j,y_i)] / (n(n-1)), k(a,b) = (a.b/d + 1)^3.
+
+    Equal sample sizes; the i = j cross terms are left out too, so paired samples (the same seed
+    before and after) do not bias it (Gretton et al. 2012, eq. 3, with KID's kernel).
+    """
+    n, d = len(x), x.shape[1]
     kxx, kyy, kxy = ((x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3)
-    n, m = len(x), len(y)
-    return float((kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
-                 + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1)) - 2 * kxy.mean())
+    off = 1 - torch.eye(n, dtype=x.dtype)
+    return float(((kxx + kyy - kxy - kxy.T) * off).sum() / (n * (n - 1)))
 
 
 def interval(values: list[float]) -> tuple[float, float]:
@@ -125,10 +129,12 @@ class Probe:
     def score(self) -> dict:
         now = self._sample()
         ref = self.reference
+        # standardise by the original model's features, so the cubic kernel sees unit-scale inputs
+        mu, sd = ref["features"].mean(0), ref["features"].std(0) + 1e-6
         return {"efficacy": 100 - now["target_shows"],
                 "in_domain": now["in_domain"] - ref["in_domain"],
                 "cross_domain": now["cross_domain"] - ref["cross_domain"],
-                "kid_x1000": 1000 * kid(now["features"], ref["features"])}
+                "kid_x1000": 1000 * kid((now["features"] - mu) / sd, (ref["features"] - mu) / sd)}
 
 
 def one_run(model: DemoModel, concept: str, label: str, target_mode: str, lr: float, seed: int, steps: int,

