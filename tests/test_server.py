@@ -143,7 +143,7 @@ def test_training_reports_progress_per_step_over_the_websocket(server):
     async def collect() -> list[dict]:
         messages = []
         async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(f"{server.url}/ws?clientId=divergence-unlearn-tests") as ws:
+            async with session.ws_connect(f"{server.url}/ws?clientId={server.client_id}") as ws:
                 prompt_id = server.queue(prompt)
                 async for msg in ws:
                     if msg.type != aiohttp.WSMsgType.TEXT:

@@ -82,6 +82,7 @@ class ComfyServer:
         self.output_dir = workdir / "output"
         self.log_path = workdir / "server.log"
         self.process: subprocess.Popen | None = None
+        self.client_id = "divergence-unlearn"  # ComfyUI sends progress over /ws only to the queueing client
 
     def start(self, timeout: float = 180.0) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -136,7 +137,7 @@ class ComfyServer:
 
     def queue(self, prompt: dict) -> str:
         """POST an API-format workflow; return its prompt id."""
-        return self.post("/prompt", {"prompt": prompt, "client_id": "divergence-unlearn"})["prompt_id"]
+        return self.post("/prompt", {"prompt": prompt, "client_id": self.client_id})["prompt_id"]
 
     def wait(self, prompt_id: str, timeout: float = 300.0) -> dict:
         """Poll /history until the prompt finished (success, error or interrupt); return its entry."""
