@@ -1,7 +1,7 @@
 """Erasure-quality benchmark on the demo model: Hellinger vs MSE vs the other f-divergences (issue 7).
 
     python benchmarks/erasure_quality.py --mode full  --out benchmarks/results/quality
-    python benchmarks/erasure_quality.py --mode quick --out /tmp/quality      # CI: a few minutes
+    python benchmarks/erasure_quality.py --mode quick --out out/quality       # CI: under a minute
 
 Every run erases one concept (a shape towards "shape", or a colour towards no colour) from the demo
 model with one divergence, target mode, learning rate and seed, training the cross-attention K/V
