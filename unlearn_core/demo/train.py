@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    log = {"args": {k: str(v) for k, v in vars(args).items()}, "torch": torch.__version__, "seconds": {}}
+    args_log = {k: str(v) for k, v in vars(args).items() if k != "out"}  # no machine-specific paths
+    log = {"args": args_log, "torch": torch.__version__, "seconds": {}}
     token_ids = clip_token_ids(args.tokenizer or default_tokenizer_dir())
 
     start = time.time()
