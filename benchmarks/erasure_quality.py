@@ -202,6 +202,17 @@ def table(rows: list[dict], final_step: int) -> str:
     return f"After {final_step} steps; mean ± 95% interval over concepts × seeds.\n\n" + "\n".join(lines) + "\n"
 
 
+def _save_figure(fig, axes, path: Path, legend_size: int) -> Path:
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
+        ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plots(runs: list[dict], sigma_runs: list[dict], evals: tuple[int, ...], out: Path) -> list[Path]:
     import matplotlib
 
@@ -230,11 +241,7 @@ def plots(runs: list[dict], sigma_runs: list[dict], evals: tuple[int, ...], out:
         ax.set(xlabel="efficacy % (target images not showing the concept)",
                ylabel="in-domain preservation Δ points", title=f"efficacy vs preservation ({mode}); points = steps")
         ax.axhline(0, color="grey", lw=0.5)
-        ax.legend(fontsize=6)
-    written.append(out / "efficacy_vs_preservation.png")
-    fig.tight_layout()
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
+    written.append(_save_figure(fig, axes[0], out / "efficacy_vs_preservation.png", 6))
 
     fig, axes = plt.subplots(1, 3, figsize=(18, 4.8))
     top_lr = max(r["lr"] for r in runs)
@@ -252,12 +259,7 @@ def plots(runs: list[dict], sigma_runs: list[dict], evals: tuple[int, ...], out:
     axes[1].set(xlabel="step", ylabel="gradient norm (before clipping)", yscale="log", title="gradient norm over steps")
     axes[2].set(xlabel="S = ||eps_theta - target||^2", ylabel="gradient norm", xscale="log", yscale="log",
                 title="gradient norm against S")
-    for ax in axes:
-        ax.legend(fontsize=6)
-    written.append(out / "training_dynamics.png")
-    fig.tight_layout()
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
+    written.append(_save_figure(fig, axes, out / "training_dynamics.png", 6))
 
     if sigma_runs:
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -272,12 +274,7 @@ def plots(runs: list[dict], sigma_runs: list[dict], evals: tuple[int, ...], out:
         axes[0].set(xscale="log", xlabel="S / sigma^2 (median S of the sigma = 1 run)", ylabel="efficacy %",
                     title="sigma sweep: efficacy")
         axes[1].set(xscale="log", xlabel="S / sigma^2", ylabel="in-domain Δ points", title="sigma sweep: preservation")
-        for ax in axes:
-            ax.legend(fontsize=7)
-        written.append(out / "sigma_sweep.png")
-        fig.tight_layout()
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        written.append(_save_figure(fig, axes, out / "sigma_sweep.png", 7))
     return written
 
 
