@@ -31,6 +31,7 @@ import argparse
 import itertools
 import json
 import math
+import multiprocessing
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -53,17 +54,24 @@ DIVERGENCES = {  # label -> EraseConfig fields
     "alpha 1.5": {"divergence": "alpha", "alpha": 1.5},
     "variational hellinger": {"divergence": "variational_hellinger"},
     "variational JS": {"divergence": "variational_jensen_shannon"},
+    # Control: at S << sigma^2 Hellinger's loss -exp(-r/8) has gradient ~ grad(r)/8, i.e. MSE with its
+    # erasure term weighted 1/8 against the (MSE) preservation term. MSE at sigma^2 = 8 is exactly that.
+    "mse, sigma^2 = 8 (control)": {"divergence": "mse", "sigma": 8 ** 0.5},
 }
 MODES = {
+    # Main grid, every divergence x both target modes x 3 seeds x 4 concepts at one learning rate; the
+    # learning-rate sweep repeats the anchor mode at a higher rate on one shape and one colour. Each
+    # run is scored at several steps, so every (divergence, lr) traces a curve of steps.
     "full": dict(concepts=("circle", "square", "red", "blue"), divergences=tuple(DIVERGENCES),
-                 target_modes=("anchor", "negative_guidance", "anchor_guidance"), seeds=(0, 1, 2),
-                 learning_rates=(1e-4, 5e-4),
-                 steps=120, evals=(15, 30, 60, 120), eval_seeds=3,
+                 target_modes=("anchor", "negative_guidance"), seeds=(0, 1, 2), learning_rates=(5e-4,),
+                 lr_sweep=dict(concepts=("circle", "red"), target_modes=("anchor",), learning_rates=(2e-3,)),
+                 steps=120, evals=(15, 30, 60, 120), eval_seeds=2,
                  sigma_concepts=("circle", "red"), sigma_ratios=(0.1, 1.0, 10.0),
                  sigma_divergences=("mse (KL)", "hellinger", "pearson chi2")),
     "quick": dict(concepts=("circle",), divergences=("mse (KL)", "hellinger", "pearson chi2"),
-                  target_modes=("anchor",), seeds=(0,), learning_rates=(1e-3,), steps=40, evals=(20, 40),
-                  eval_seeds=2, sigma_concepts=("circle",), sigma_ratios=(10.0,), sigma_divergences=("hellinger",)),
+                  target_modes=("anchor",), seeds=(0,), learning_rates=(1e-3,), lr_sweep=None, steps=40,
+                  evals=(20, 40), eval_seeds=2, sigma_concepts=("circle",), sigma_ratios=(10.0,),
+                  sigma_divergences=("hellinger",)),
 }
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
          11: 2.201, 15: 2.131, 20: 2.086, 30: 2.042}
@@ -91,6 +99,9 @@ def interval(values: list[float]) -> tuple[float, float]:
     return float(v.mean()), float(t * v.std(ddof=1) / math.sqrt(len(v)))
 
 
+_REFERENCES: dict = {}  # (model, concept, seeds) -> the original model's samples, shared by the runs
+
+
 class Probe:
     """Samples the target and kept prompts of one concept with fixed seeds and scores them."""
 
@@ -101,7 +112,10 @@ class Probe:
         self.attr = "shape" if concept in SHAPES else "color"
         self.other = "color" if self.attr == "shape" else "shape"
         self.concept, self.seeds = concept, seeds
-        self.reference = self._sample()
+        key = (id(model), concept, seeds)  # erase() leaves the model unmodified, so one sampling serves all runs
+        if key not in _REFERENCES:
+            _REFERENCES[key] = self._sample()
+        self.reference = _REFERENCES[key]
 
     def _sample(self) -> dict:
         prompts = self.targets + self.keep
@@ -138,12 +152,12 @@ class Probe:
 
 
 def one_run(model: DemoModel, concept: str, label: str, target_mode: str, lr: float, seed: int, steps: int,
-            evals: tuple[int, ...], eval_seeds: int, sigma: float = 1.0) -> dict:
+            evals: tuple[int, ...], eval_seeds: int, sigma: float = 1.0, ratio: float | None = None) -> dict:
     denoiser = DemoDenoiser(model)
     probe = Probe(model, denoiser, concept, eval_seeds)
     text, _, _ = demo_prompts(concept, "")
-    config = EraseConfig(**DIVERGENCES[label], target_mode=target_mode, learning_rate=lr, seed=seed, steps=steps,
-                         sigma=sigma, resolution=64, batch_size=4, num_samples=8, sample_steps=10)
+    config = EraseConfig(**{"sigma": sigma, **DIVERGENCES[label]}, target_mode=target_mode, learning_rate=lr,
+                         seed=seed, steps=steps, resolution=64, batch_size=4, num_samples=8, sample_steps=10)
     history, scores = [], {}
 
     def callback(info: StepInfo) -> None:
@@ -157,11 +171,34 @@ def one_run(model: DemoModel, concept: str, label: str, target_mode: str, lr: fl
     erase(denoiser, parse_concept_text(text), config, callback=callback)
     efficacies = [(s, scores[s]["efficacy"]) for s in evals]
     return {"concept": concept, "divergence": label, "target_mode": target_mode, "lr": lr, "seed": seed,
-            "sigma": sigma, "config": asdict(config), "seconds": time.time() - started,
+            "sigma": config.sigma, "ratio": ratio, "config": asdict(config), "seconds": time.time() - started,
             "before": {k: v for k, v in probe.reference.items() if k != "features"},
             "evals": {str(s): v for s, v in scores.items()},
             "steps_to_90": next((s for s, e in efficacies if e >= 90), None),
             "history": history}
+
+
+_WORKER: dict = {}
+
+
+def _start_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER["model"] = DemoModel.load()
+
+
+def _run_in_worker(job: dict) -> dict:
+    return one_run(_WORKER["model"], **job)
+
+
+def run_all(jobs: list[dict], workers: int, describe) -> list[dict]:
+    """Run the jobs on ``workers`` processes of one thread each (in this process when 1), in order."""
+    if workers == 1:
+        _start_worker(min(2, torch.get_num_threads()))
+        results = map(_run_in_worker, jobs)
+        return [describe(i, len(jobs), run) for i, run in enumerate(results, 1)]
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
+    with context.Pool(workers, initializer=_start_worker, initargs=(1,)) as pool:
+        return [describe(i, len(jobs), run) for i, run in enumerate(pool.imap(_run_in_worker, jobs), 1)]
 
 
 def aggregate(runs: list[dict], final_step: int) -> list[dict]:
@@ -244,7 +281,7 @@ def plots(runs: list[dict], sigma_runs: list[dict], evals: tuple[int, ...], out:
     written.append(_save_figure(fig, axes[0], out / "efficacy_vs_preservation.png", 6))
 
     fig, axes = plt.subplots(1, 3, figsize=(18, 4.8))
-    top_lr = max(r["lr"] for r in runs)
+    top_lr = max({r["lr"] for r in runs}, key=lambda lr: sum(r["lr"] == lr for r in runs))  # the main grid's
     for label in labels:
         group = [r for r in runs if r["divergence"] == label and r["target_mode"] == modes[0] and r["lr"] == top_lr]
         if not group:
@@ -282,48 +319,57 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=tuple(MODES), default="quick")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/quality"))
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes of one thread each (2 on a 2-core machine runs ~1.3x faster than 1 process)")
     args = parser.parse_args(argv)
     plan = MODES[args.mode]
-    torch.set_num_threads(min(2, torch.get_num_threads()))
     args.out.mkdir(parents=True, exist_ok=True)
-    model = DemoModel.load()
     started = time.time()
+    common = dict(steps=plan["steps"], evals=plan["evals"], eval_seeds=plan["eval_seeds"])
+    grids = [plan] + ([{**plan, **plan["lr_sweep"]}] if plan["lr_sweep"] else [])
+    jobs = [dict(concept=c, label=d, target_mode=m, lr=lr, seed=seed, **common)
+            for g in grids for c, d, m, lr, seed in itertools.product(
+                g["concepts"], plan["divergences"], g["target_modes"], g["learning_rates"], plan["seeds"])]
 
-    runs = []
-    grid = list(itertools.product(plan["concepts"], plan["divergences"], plan["target_modes"],
-                                  plan["learning_rates"], plan["seeds"]))
-    for i, (concept, label, mode, lr, seed) in enumerate(grid, 1):
-        run = one_run(model, concept, label, mode, lr, seed, plan["steps"], plan["evals"], plan["eval_seeds"])
-        runs.append(run)
+    def describe(i: int, n: int, run: dict) -> dict:
         final = run["evals"][str(plan["steps"])]
-        print(f"[{i}/{len(grid)}] {concept:>6} {label:<22} {mode:<17} lr {lr:g} seed {seed}: "
-              f"efficacy {final['efficacy']:.0f}% in-domain {final['in_domain']:+.0f} "
+        print(f"[{i}/{n}] {run['concept']:>6} {run['divergence']:<22} {run['target_mode']:<17} lr {run['lr']:g} "
+              f"seed {run['seed']}: efficacy {final['efficacy']:.0f}% in-domain {final['in_domain']:+.0f} "
               f"cross {final['cross_domain']:+.0f} KID {final['kid_x1000']:.2f} ({run['seconds']:.0f} s)", flush=True)
+        return run
 
-    sigma_runs = []
-    top_lr = max(plan["learning_rates"])
+    runs = run_all(jobs, args.workers, describe)
+
+    # sigma sweep: S / sigma^2 at chosen ratios, from the median S of the sigma = 1 run
+    lr0 = plan["learning_rates"][0]
+    sigma_jobs = []
     for concept, label in itertools.product(plan["sigma_concepts"], plan["sigma_divergences"]):
-        base = [r for r in runs if (r["concept"], r["divergence"], r["target_mode"], r["lr"]) ==
-                (concept, label, "anchor", top_lr)]
-        median_s = float(np.median([h[2] for r in base for h in r["history"]]))
-        for ratio in plan["sigma_ratios"]:
-            sigma = math.sqrt(median_s / ratio)
-            run = one_run(model, concept, label, "anchor", top_lr, plan["seeds"][0], plan["steps"], plan["evals"],
-                          plan["eval_seeds"], sigma=sigma)
-            run.update(ratio=ratio, median_s_at_sigma_1=median_s)
-            sigma_runs.append(run)
-            final = run["evals"][str(plan["steps"])]
-            print(f"[sigma] {concept:>6} {label:<14} S/sigma^2 {ratio:g} (sigma {sigma:.3g}): efficacy "
-                  f"{final['efficacy']:.0f}% in-domain {final['in_domain']:+.0f}", flush=True)
+        base = [r for r in runs if (r["concept"], r["divergence"], r["target_mode"], r["lr"], r["seed"]) ==
+                (concept, label, "anchor", lr0, plan["seeds"][0])]
+        median_s = float(np.median([h[2] for h in base[0]["history"]]))
+        sigma_jobs += [dict(concept=concept, label=label, target_mode="anchor", lr=lr0, seed=plan["seeds"][0],
+                            sigma=math.sqrt(median_s / ratio), ratio=ratio, **common)
+                       for ratio in plan["sigma_ratios"]]
+
+    def describe_sigma(i: int, n: int, run: dict) -> dict:
+        final = run["evals"][str(plan["steps"])]
+        realised = np.median([h[2] for h in run["history"]]) / run["sigma"] ** 2
+        print(f"[sigma {i}/{n}] {run['concept']:>6} {run['divergence']:<14} S/sigma^2 {run['ratio']:g} "
+              f"(sigma {run['sigma']:.3g}; median S/sigma^2 in this run {realised:.3g}): "
+              f"efficacy {final['efficacy']:.0f}% in-domain {final['in_domain']:+.0f}", flush=True)
+        return run
+
+    sigma_runs = run_all(sigma_jobs, args.workers, describe_sigma)
 
     rows = aggregate(runs, plan["steps"])
     meta = {"mode": args.mode, "plan": plan, "seconds": time.time() - started, "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
-            "command": f"python benchmarks/erasure_quality.py --mode {args.mode} --out {args.out}"}
+            "workers": args.workers, "date": time.strftime("%Y-%m-%d"),
+            "command": f"python benchmarks/erasure_quality.py --mode {args.mode} --workers {args.workers} "
+                       f"--out {args.out}"}
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "table": rows, "runs": runs,
                                                        "sigma_runs": sigma_runs}, indent=1))
     (args.out / "table.md").write_text(f"`{meta['command']}` ({meta['date']}, {meta['seconds'] / 60:.1f} min, "
-                                       f"{meta['threads']} CPU threads)\n\n" + table(rows, plan["steps"]))
+                                       f"{args.workers} worker(s))\n\n" + table(rows, plan["steps"]))
     written = plots(runs, sigma_runs, plan["evals"], args.out)
     print(table(rows, plan["steps"]))
     print(f"wrote {args.out / 'results.json'}, {args.out / 'table.md'}, " + ", ".join(str(p) for p in written))

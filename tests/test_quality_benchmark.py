@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -41,8 +42,9 @@ def test_interval_matches_the_t_distribution():
 @pytest.mark.slow
 def test_quick_mode_runs_and_erases(tmp_path):
     out = tmp_path / "quality"
-    subprocess.run([sys.executable, str(SCRIPT), "--mode", "quick", "--out", str(out)], check=True, cwd=ROOT,
-                   timeout=600)
+    # two worker processes, as the full run uses
+    subprocess.run([sys.executable, str(SCRIPT), "--mode", "quick", "--workers", "2", "--out", str(out)],
+                   check=True, cwd=ROOT, timeout=600)
     result = json.loads((out / "results.json").read_text())
     assert {p.name for p in out.glob("*.png")} == {"efficacy_vs_preservation.png", "training_dynamics.png",
                                                    "sigma_sweep.png"}
@@ -52,3 +54,7 @@ def test_quick_mode_runs_and_erases(tmp_path):
         final = run["evals"][str(result["meta"]["plan"]["steps"])]
         assert final["efficacy"] >= before + 20, (run["divergence"], before, final)  # measured: +25 to +75
         assert all(len(h) == 4 for h in run["history"]) and len(run["history"]) == result["meta"]["plan"]["steps"]
+    sigma_run, = result["sigma_runs"]
+    base, = [r for r in result["runs"] if r["divergence"] == "hellinger"]
+    median_s = float(np.median([h[2] for h in base["history"]]))  # sigma is set so that S / sigma^2 = 10
+    assert sigma_run["ratio"] == 10.0 and sigma_run["sigma"] == pytest.approx((median_s / 10) ** 0.5)
