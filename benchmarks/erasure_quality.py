@@ -239,6 +239,71 @@ def table(rows: list[dict], final_step: int) -> str:
     return f"After {final_step} steps; mean ± 95% interval over concepts × seeds.\n\n" + "\n".join(lines) + "\n"
 
 
+def matched_efficacy(runs: list[dict], evals: tuple[int, ...], levels: tuple[int, ...] = (50, 75, 90)) -> list[dict]:
+    """Preservation at equal efficacy: where each mean curve (step 0, then the evals) first crosses a level.
+
+    Linear interpolation between the two evaluated steps around the crossing; None where the curve
+    never reaches the level. This is the comparison "dominates" means: less damage for the same erasure.
+    """
+    rows = []
+    for div, mode, lr in sorted({(r["divergence"], r["target_mode"], r["lr"]) for r in runs},
+                                key=lambda k: (k[1], k[2], list(DIVERGENCES).index(k[0]))):
+        group = [r for r in runs if (r["divergence"], r["target_mode"], r["lr"]) == (div, mode, lr)]
+        curve = [(0, float(np.mean([100 - r["before"]["target_shows"] for r in group])), 0.0, 0.0, 0.0)]
+        curve += [(s, *(float(np.mean([r["evals"][str(s)][m] for r in group]))
+                        for m in ("efficacy", "in_domain", "cross_domain", "kid_x1000"))) for s in evals]
+        row = {"divergence": div, "target_mode": mode, "lr": lr, "n": len(group)}
+        for level in levels:
+            row[level] = None
+            for a, b in zip(curve, curve[1:]):
+                if a[1] < level <= b[1]:
+                    w = (level - a[1]) / (b[1] - a[1])
+                    row[level] = [a[i] + w * (b[i] - a[i]) for i in (0, 2, 3, 4)]  # step, in, cross, KID
+                    break
+            else:
+                if curve[0][1] >= level:
+                    row[level] = [0.0, 0.0, 0.0, 0.0]
+        rows.append(row)
+    return rows
+
+
+def matched_table(rows: list[dict], levels: tuple[int, ...] = (50, 75, 90)) -> str:
+    head = " | ".join(f"at {v}%: step, in-domain Δ, KID×1000" for v in levels)
+    lines = [f"| target mode | lr | divergence | n | {head} |", "|" + " --- |" * (4 + len(levels))]
+    for r in rows:
+        cells = [("—" if r[v] is None else f"{r[v][0]:.0f}, {r[v][1]:+.1f}, {r[v][3]:.1f}") for v in levels]
+        lines.append(f"| {r['target_mode']} | {r['lr']:g} | {r['divergence']} | {r['n']} | " + " | ".join(cells) + " |")
+    return ("Preservation at matched efficacy: the mean curve over concepts × seeds (step 0 = the original "
+            "model) interpolated where it first reaches 50 / 75 / 90 % efficacy; — = never reached.\n\n"
+            + "\n".join(lines) + "\n")
+
+
+def sigma_table(sigma_runs: list[dict], final_step: int) -> str:
+    lines = ["| concept | divergence | S/σ² asked | σ | S/σ² in the run: median (p10–p90) | efficacy % | "
+             "in-domain Δ pts | KID×1000 |", "|" + " --- |" * 8]
+    for r in sigma_runs:
+        ratio = np.array([h[2] for h in r["history"]]) / r["sigma"] ** 2
+        final = r["evals"][str(final_step)]
+        lines.append(f"| {r['concept']} | {r['divergence']} | {r['ratio']:g} | {r['sigma']:.3g} | "
+                     f"{np.median(ratio):.3g} ({np.percentile(ratio, 10):.3g}–{np.percentile(ratio, 90):.3g}) | "
+                     f"{final['efficacy']:.0f} | {final['in_domain']:+.1f} | {final['kid_x1000']:.1f} |")
+    return f"Sigma sweep (anchor mode, one seed), after {final_step} steps.\n\n" + "\n".join(lines) + "\n"
+
+
+def write_report(result: dict, out: Path) -> list[Path]:
+    """table.md and the plots, from a results.json's content."""
+    meta, plan = result["meta"], result["meta"]["plan"]
+    steps, evals = plan["steps"], tuple(plan["evals"])
+    rows = aggregate(result["runs"], steps)
+    text = (f"`{meta['command']}` ({meta['date']}, {meta['seconds'] / 60:.1f} min, {meta['workers']} worker(s))\n\n"
+            + table(rows, steps) + "\n" + matched_table(matched_efficacy(result["runs"], evals)))
+    if result["sigma_runs"]:
+        text += "\n" + sigma_table(result["sigma_runs"], steps)
+    (out / "table.md").write_text(text)
+    print(text)
+    return [out / "table.md"] + plots(result["runs"], result["sigma_runs"], evals, out)
+
+
 def _save_figure(fig, axes, path: Path, legend_size: int) -> Path:
     import matplotlib.pyplot as plt
 
@@ -321,7 +386,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/quality"))
     parser.add_argument("--workers", type=int, default=1,
                         help="processes of one thread each (2 on a 2-core machine runs ~1.3x faster than 1 process)")
+    parser.add_argument("--report", type=Path, metavar="RESULTS_JSON",
+                        help="run nothing: rewrite table.md and the plots next to this results.json")
     args = parser.parse_args(argv)
+    if args.report:
+        written = write_report(json.loads(args.report.read_text()), args.report.parent)
+        print("wrote " + ", ".join(str(p) for p in written))
+        return 0
     plan = MODES[args.mode]
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -361,18 +432,14 @@ def main(argv: list[str] | None = None) -> int:
 
     sigma_runs = run_all(sigma_jobs, args.workers, describe_sigma)
 
-    rows = aggregate(runs, plan["steps"])
     meta = {"mode": args.mode, "plan": plan, "seconds": time.time() - started, "torch": torch.__version__,
             "workers": args.workers, "date": time.strftime("%Y-%m-%d"),
             "command": f"python benchmarks/erasure_quality.py --mode {args.mode} --workers {args.workers} "
                        f"--out {args.out}"}
-    (args.out / "results.json").write_text(json.dumps({"meta": meta, "table": rows, "runs": runs,
-                                                       "sigma_runs": sigma_runs}, indent=1))
-    (args.out / "table.md").write_text(f"`{meta['command']}` ({meta['date']}, {meta['seconds'] / 60:.1f} min, "
-                                       f"{args.workers} worker(s))\n\n" + table(rows, plan["steps"]))
-    written = plots(runs, sigma_runs, plan["evals"], args.out)
-    print(table(rows, plan["steps"]))
-    print(f"wrote {args.out / 'results.json'}, {args.out / 'table.md'}, " + ", ".join(str(p) for p in written))
+    result = {"meta": meta, "table": aggregate(runs, plan["steps"]), "runs": runs, "sigma_runs": sigma_runs}
+    (args.out / "results.json").write_text(json.dumps(result, indent=1))
+    written = write_report(json.loads(json.dumps(result)), args.out)  # the same JSON types as --report reads
+    print(f"wrote {args.out / 'results.json'}, " + ", ".join(str(p) for p in written))
     print(f"total {meta['seconds'] / 60:.1f} min")
     return 0
 

@@ -39,6 +39,23 @@ def test_interval_matches_the_t_distribution():
     assert bench.interval([5.0])[0] == 5.0
 
 
+def test_matched_efficacy_interpolates_the_first_crossing_of_the_mean_curve():
+    bench = _bench()
+
+    def run(before_shows, curve):  # curve: step -> (efficacy, in_domain)
+        evals = {str(s): {"efficacy": e, "in_domain": d, "cross_domain": 0.0, "kid_x1000": 2 * -d}
+                 for s, (e, d) in curve.items()}
+        return {"divergence": "hellinger", "target_mode": "anchor", "lr": 1e-3, "evals": evals,
+                "before": {"target_shows": before_shows}}
+
+    runs = [run(100, {10: (40, -4), 20: (80, -8)}), run(80, {10: (60, -6), 20: (100, -12)})]
+    row, = bench.matched_efficacy(runs, (10, 20), levels=(5, 30, 75, 95))
+    assert row["n"] == 2 and row[95] is None  # the mean curve peaks at 90 %
+    assert row[5] == [0.0, 0.0, 0.0, 0.0]  # the original model is already at 10 %
+    assert row[30] == pytest.approx([5.0, -2.5, 0.0, 5.0])  # halfway from step 0 (10 %) to step 10 (50 %, -5)
+    assert row[75] == pytest.approx([16.25, -8.125, 0.0, 16.25])  # 5/8 of the way from step 10 to step 20
+
+
 @pytest.mark.slow
 def test_quick_mode_runs_and_erases(tmp_path):
     out = tmp_path / "quality"
@@ -48,7 +65,8 @@ def test_quick_mode_runs_and_erases(tmp_path):
     result = json.loads((out / "results.json").read_text())
     assert {p.name for p in out.glob("*.png")} == {"efficacy_vs_preservation.png", "training_dynamics.png",
                                                    "sigma_sweep.png"}
-    assert "hellinger" in (out / "table.md").read_text()
+    report = (out / "table.md").read_text()
+    assert "hellinger" in report and "matched efficacy" in report and "Sigma sweep" in report
     for run in result["runs"]:
         before = 100 - run["before"]["target_shows"]
         final = run["evals"][str(result["meta"]["plan"]["steps"])]
