@@ -62,8 +62,10 @@ class DivergenceUnlearn:
                 "alpha": ("FLOAT", {"default": 0.5, "min": -5.0, "max": 5.0, "step": 0.05,
                                     "tooltip": "Alpha of the 'alpha' divergence (0.5 = Hellinger, 2 = chi²; 0 and 1 = KL)."}),
                 "sigma": ("FLOAT", {"default": 1.0, "min": 0.001, "max": 100.0, "step": 0.001,
-                                    "tooltip": "Scale of the closed forms, r = S/sigma². The divergences differ only "
-                                               "where S/sigma² is about 1 or more; watch S in the console."}),
+                                    "tooltip": "Scale of the closed forms, r = S/sigma². Their shapes differ only "
+                                               "where S/sigma² is about 1 or more; below that each is MSE times a "
+                                               "constant, which sets its balance against preservation_weight. "
+                                               "Watch S in the console."}),
                 "target_mode": (list(TARGET_MODES), {"default": "anchor", "tooltip":
                                 "anchor: become the anchor (Concept Ablation / f-DMU); negative_guidance: move away "
                                 "from the target (ESD); anchor_guidance: become the anchor minus what makes the target "
