@@ -96,7 +96,8 @@ class DivergenceUnlearn:
                 "preservation_weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.1,
                                                   "tooltip": "Weight of the keep prompts' loss."}),
                 "precision": (list(PRECISIONS), {"default": "bf16",
-                              "tooltip": "Autocast precision on GPU (weights stay fp32); CPU always uses fp32."}),
+                              "tooltip": "Autocast precision on GPU (trained tensors stay fp32; fp16 adds loss "
+                                         "scaling); CPU always uses fp32."}),
                 "gradient_checkpointing": ("BOOLEAN", {"default": False, "tooltip":
                                            "Recompute activations in backward: less GPU memory, slower steps."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Same seed, same erasure."}),

@@ -11,7 +11,7 @@ from unlearn_core.adapters.diffusers_sd import DiffusersDenoiser
 from unlearn_core.concepts import parse_concept_text
 from unlearn_core.erasure import Erasure, ErasureError
 from unlearn_core.report import measure
-from unlearn_core.trainer import EraseConfig, ErasureDiverged, divergence_names, erase
+from unlearn_core.trainer import EraseConfig, Eraser, ErasureDiverged, divergence_names, erase
 
 CONCEPTS = parse_concept_text("a red circle -> a red shape\nkeep: a blue square\nkeep: a green triangle")
 QUICK = dict(resolution=64, num_samples=4, sample_steps=4, batch_size=2)
@@ -171,3 +171,16 @@ def test_target_modes_combine_the_frozen_outputs_as_documented():
 def test_anchor_guidance_trains(denoiser):
     erasure = erase(denoiser, CONCEPTS, EraseConfig(target_mode="anchor_guidance", steps=2, **QUICK))
     assert any(erasure.delta(n).abs().sum() > 0 for n in erasure.names)
+
+
+def test_fp16_loss_scaling_unscales_before_clipping_and_logging(denoiser, monkeypatch):
+    # fp16 autocast needs CUDA; here the same GradScaler path is forced on for a CPU fp32 run. The scale
+    # (2^16) must be removed before clipping and logging: the run must match the unscaled one.
+    cfg = EraseConfig(steps=3, learning_rate=1e-3, max_grad_norm=1e6, log_every=1, **QUICK)
+    logged = {"plain": [], "scaled": []}
+    plain = erase(denoiser, CONCEPTS, cfg, callback=lambda i: logged["plain"].append(i.grad_norm))
+    monkeypatch.setattr(Eraser, "_grad_scaler", lambda self: torch.amp.GradScaler("cpu", init_scale=2.0**16))
+    scaled = erase(denoiser, CONCEPTS, cfg, callback=lambda i: logged["scaled"].append(i.grad_norm))
+    plain_norms, scaled_norms = ([g for g in logged[k] if not math.isnan(g)] for k in ("plain", "scaled"))
+    assert len(scaled_norms) == 3 and scaled_norms == pytest.approx(plain_norms, rel=1e-4)
+    assert all(torch.allclose(plain.delta(n), scaled.delta(n), rtol=1e-4, atol=1e-8) for n in plain.names)

@@ -148,6 +148,11 @@ class Eraser:
             return contextlib.nullcontext()
         return torch.autocast("cuda", dtype=dtype)
 
+    def _grad_scaler(self) -> torch.amp.GradScaler:
+        """Loss scaling for fp16 autocast; disabled (a pass-through) for bf16, fp32 and CPU runs."""
+        fp16 = self.config.precision == "fp16" and self.device.type == "cuda"
+        return torch.amp.GradScaler("cuda", enabled=fp16)
+
     def _net_call(self, frozen: bool, x: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         """The network's output with the original weights (``frozen``) or with the trained deltas."""
         args = (x.to(self.device, self.dtype), t.to(self.device), cond)
@@ -219,6 +224,7 @@ class Eraser:
         """The optimisation loop (after the optional critic warm-up); returns the logged steps."""
         cfg = self.config
         optimizer = torch.optim.AdamW(deltas.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        scaler = self._grad_scaler()
         t_weight = kl_timestep_weight(self._abar) if cfg.timestep_weight == "kl" else None
         critic = critic_opt = None
         if self.variational:
@@ -252,20 +258,23 @@ class Eraser:
                 if keep_target is not None:
                     s_keep = squared_error(out[cfg.batch_size:], keep_target).mean()
                     loss = loss + cfg.preservation_weight * s_keep
-                (loss / cfg.grad_accumulation).backward()
+                scaler.scale(loss / cfg.grad_accumulation).backward()
                 sums += torch.stack([loss.detach(), s.detach().mean(), s_keep.detach()]) / cfg.grad_accumulation
+            scaler.unscale_(optimizer)  # clip and log the true gradients
             if cfg.max_grad_norm > 0:
                 grad_norm = torch.nn.utils.clip_grad_norm_(deltas.parameters(), cfg.max_grad_norm)
             else:
                 grad_norm = torch.linalg.vector_norm(
                     torch.stack([p.grad.norm() for p in deltas.parameters() if p.grad is not None]))
-            optimizer.step()
+            scaler.step(optimizer)  # with fp16, skips a step whose gradients overflowed and lowers the scale
+            scaler.update()
             optimizer.zero_grad(set_to_none=True)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 loss, mean_s, keep_s = sums.tolist()
                 info = StepInfo("training", step, cfg.steps, loss=loss, mean_s=mean_s,
                                 keep_s=keep_s if self._keep is not None else math.nan, grad_norm=float(grad_norm))
-                if not (math.isfinite(info.loss) and math.isfinite(info.grad_norm)):
+                overflow_skipped = scaler.is_enabled() and not math.isfinite(info.grad_norm)
+                if not (math.isfinite(info.loss) and (math.isfinite(info.grad_norm) or overflow_skipped)):
                     raise ErasureDiverged(
                         f"the erasure diverged at step {step} (loss {info.loss}, gradient norm {info.grad_norm}): "
                         "lower the learning rate, raise sigma, or use a bounded divergence such as hellinger")
