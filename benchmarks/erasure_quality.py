@@ -239,6 +239,19 @@ def table(rows: list[dict], final_step: int) -> str:
     return f"After {final_step} steps; mean ± 95% interval over concepts × seeds.\n\n" + "\n".join(lines) + "\n"
 
 
+def mean_curve(group: list[dict], evals: tuple[int, ...], metric: str) -> list[float]:
+    """The metric's mean over the runs at step 0 (the original model: every Δ is 0) and at each evaluated step."""
+    start = float(np.mean([100 - r["before"]["target_shows"] for r in group])) if metric == "efficacy" else 0.0
+    return [start] + [float(np.mean([r["evals"][str(s)][metric] for r in group])) for s in evals]
+
+
+def groups(runs: list[dict]) -> dict[tuple, list[dict]]:
+    """The runs by (target mode, lr, divergence), in that order."""
+    keys = sorted({(r["target_mode"], r["lr"], r["divergence"]) for r in runs},
+                  key=lambda k: (k[0], k[1], list(DIVERGENCES).index(k[2])))
+    return {k: [r for r in runs if (r["target_mode"], r["lr"], r["divergence"]) == k] for k in keys}
+
+
 def matched_efficacy(runs: list[dict], evals: tuple[int, ...], levels: tuple[int, ...] = (50, 75, 90)) -> list[dict]:
     """Preservation at equal efficacy: where each mean curve (step 0, then the evals) first crosses a level.
 
@@ -246,12 +259,9 @@ def matched_efficacy(runs: list[dict], evals: tuple[int, ...], levels: tuple[int
     never reaches the level. This is the comparison "dominates" means: less damage for the same erasure.
     """
     rows = []
-    for div, mode, lr in sorted({(r["divergence"], r["target_mode"], r["lr"]) for r in runs},
-                                key=lambda k: (k[1], k[2], list(DIVERGENCES).index(k[0]))):
-        group = [r for r in runs if (r["divergence"], r["target_mode"], r["lr"]) == (div, mode, lr)]
-        curve = [(0, float(np.mean([100 - r["before"]["target_shows"] for r in group])), 0.0, 0.0, 0.0)]
-        curve += [(s, *(float(np.mean([r["evals"][str(s)][m] for r in group]))
-                        for m in ("efficacy", "in_domain", "cross_domain", "kid_x1000"))) for s in evals]
+    for (mode, lr, div), group in groups(runs).items():
+        metrics = [mean_curve(group, evals, m) for m in ("efficacy", "in_domain", "cross_domain", "kid_x1000")]
+        curve = list(zip((0, *evals), *metrics))  # (step, efficacy, in, cross, KID) per point
         row = {"divergence": div, "target_mode": mode, "lr": lr, "n": len(group)}
         for level in levels:
             row[level] = None
@@ -326,24 +336,23 @@ def plots(runs: list[dict], sigma_runs: list[dict], evals: tuple[int, ...], out:
     modes = sorted({r["target_mode"] for r in runs})
     written = []
 
-    def mean_over(group, step, metric):
-        return float(np.mean([r["evals"][str(step)][metric] for r in group]))
-
-    fig, axes = plt.subplots(1, len(modes), figsize=(6.5 * len(modes), 5), squeeze=False)
-    for ax, mode in zip(axes[0], modes):
-        for label in labels:
-            for lr in sorted({r["lr"] for r in runs}):
-                group = [r for r in runs if (r["divergence"], r["target_mode"], r["lr"]) == (label, mode, lr)]
-                if not group:
-                    continue
-                xs = [mean_over(group, s, "efficacy") for s in evals]
-                ys = [mean_over(group, s, "in_domain") for s in evals]
-                ax.plot(xs, ys, "-o" if lr == max(r["lr"] for r in runs) else "--^", color=colours[label],
-                        label=f"{label} lr {lr:g}", markersize=4)
-        ax.set(xlabel="efficacy % (target images not showing the concept)",
-               ylabel="in-domain preservation Δ points", title=f"efficacy vs preservation ({mode}); points = steps")
-        ax.axhline(0, color="grey", lw=0.5)
-    written.append(_save_figure(fig, axes[0], out / "efficacy_vs_preservation.png", 6))
+    by_group = groups(runs)
+    panels = sorted({(mode, lr) for mode, lr, _ in by_group})
+    fig, axes = plt.subplots(2, len(panels), figsize=(6 * len(panels), 9), squeeze=False)
+    for col, (mode, lr) in enumerate(panels):
+        panel = {label: group for (m, rate, label), group in by_group.items() if (m, rate) == (mode, lr)}
+        for label, group in panel.items():
+            xs = mean_curve(group, evals, "efficacy")
+            for row, metric in enumerate(("in_domain", "kid_x1000")):
+                axes[row][col].plot(xs, mean_curve(group, evals, metric), "-o", color=colours[label], label=label,
+                                    markersize=3, lw=1.2)
+        axes[0][col].set(ylabel="in-domain preservation Δ points",
+                         title=f"{mode}, lr {lr:g} ({len(group)} runs per line)\npoints: steps 0, {evals}")
+        axes[1][col].set(xlabel="efficacy % (target images not showing the concept)",
+                         ylabel="KID×1000 on kept prompts (vs original)")
+        for ax in axes[:, col]:
+            ax.axhline(0, color="grey", lw=0.5)
+    written.append(_save_figure(fig, [axes[0][0]], out / "efficacy_vs_preservation.png", 7))
 
     fig, axes = plt.subplots(1, 3, figsize=(18, 4.8))
     top_lr = max({r["lr"] for r in runs}, key=lambda lr: sum(r["lr"] == lr for r in runs))  # the main grid's
@@ -351,7 +360,7 @@ def plots(runs: list[dict], sigma_runs: list[dict], evals: tuple[int, ...], out:
         group = [r for r in runs if r["divergence"] == label and r["target_mode"] == modes[0] and r["lr"] == top_lr]
         if not group:
             continue
-        axes[0].plot(evals, [mean_over(group, s, "efficacy") for s in evals], "-o", color=colours[label], label=label)
+        axes[0].plot((0, *evals), mean_curve(group, evals, "efficacy"), "-o", color=colours[label], label=label)
         hist = np.array([[h[3] for h in r["history"]] for r in group])
         axes[1].plot(np.arange(1, hist.shape[1] + 1), hist.mean(0), color=colours[label], label=label, lw=1)
         s_vals = np.concatenate([[h[2] for h in r["history"]] for r in group])
