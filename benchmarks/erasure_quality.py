@@ -68,6 +68,13 @@ MODES = {
                  steps=120, evals=(15, 30, 60, 120), eval_seeds=2,
                  sigma_concepts=("circle", "red"), sigma_ratios=(0.1, 1.0, 10.0),
                  sigma_divergences=("mse (KL)", "hellinger", "pearson chi2")),
+    # The main job's target mode (anchor minus what makes the target differ from it), whose efficacy is
+    # not capped by how often the anchor itself shows the target; the closed forms and the control.
+    "guidance": dict(concepts=("circle", "square", "red", "blue"),
+                     divergences=("mse (KL)", "hellinger", "pearson chi2", "mse, sigma^2 = 8 (control)"),
+                     target_modes=("anchor_guidance",), seeds=(0, 1, 2), learning_rates=(5e-4,), lr_sweep=None,
+                     steps=120, evals=(15, 30, 60, 120), eval_seeds=2, sigma_concepts=(), sigma_ratios=(),
+                     sigma_divergences=()),
     "quick": dict(concepts=("circle",), divergences=("mse (KL)", "hellinger", "pearson chi2"),
                   target_modes=("anchor",), seeds=(0,), learning_rates=(1e-3,), lr_sweep=None, steps=40,
                   evals=(20, 40), eval_seeds=2, sigma_concepts=("circle",), sigma_ratios=(10.0,),
@@ -192,6 +199,8 @@ def _run_in_worker(job: dict) -> dict:
 
 def run_all(jobs: list[dict], workers: int, describe) -> list[dict]:
     """Run the jobs on ``workers`` processes of one thread each (in this process when 1), in order."""
+    if not jobs:
+        return []
     if workers == 1:
         _start_worker(min(2, torch.get_num_threads()))
         results = map(_run_in_worker, jobs)
