@@ -56,9 +56,10 @@ class DivergenceUnlearn:
                 "clip": ("CLIP", {"tooltip": "The model's text encoder, used to encode the prompts."}),
                 "concepts": ("CONCEPT_SET", {"tooltip": "From Load Concept Set."}),
                 "divergence": (divergence_names(), {"default": "hellinger", "tooltip":
-                               "hellinger: bounded, gentle (the paper's recommendation); mse: the classic KL/MSE; "
-                               "pearson_chi2: aggressive; alpha: the Amari family with the alpha below; "
-                               "variational_*: f-GAN bound with a critic."}),
+                               "hellinger: bounded, the gentlest closed form; mse: the classic KL/MSE; "
+                               "pearson_chi2: weights the samples that differ most; alpha: the Amari family with "
+                               "the alpha below; variational_*: f-GAN bound with a critic, erases fastest and "
+                               "changes the rest most. See the README's measurements."}),
                 "alpha": ("FLOAT", {"default": 0.5, "min": -5.0, "max": 5.0, "step": 0.05,
                                     "tooltip": "Alpha of the 'alpha' divergence (0.5 = Hellinger, 2 = chi²; 0 and 1 = KL)."}),
                 "sigma": ("FLOAT", {"default": 1.0, "min": 0.001, "max": 100.0, "step": 0.001,
