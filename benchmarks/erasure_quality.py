@@ -1,7 +1,10 @@
 """Erasure-quality benchmark on the demo model: Hellinger vs MSE vs the other f-divergences (issue 7).
 
-    python benchmarks/erasure_quality.py --mode full  --out benchmarks/results/quality
-    python benchmarks/erasure_quality.py --mode quick --out out/quality       # CI: under a minute
+    python benchmarks/erasure_quality.py --mode full --workers 2 --out benchmarks/results/quality  # 88.5 min
+    python benchmarks/erasure_quality.py --mode guidance --workers 2 --out benchmarks/results/quality_guidance
+    python benchmarks/erasure_quality.py --mode quick --out out/quality       # CI: about a minute
+    python benchmarks/erasure_quality.py --report benchmarks/results/quality/results.json  # tables, plots again
+    python benchmarks/erasure_quality.py --anchors  # how often the anchors show the target (anchor mode's cap)
 
 Every run erases one concept (a shape towards "shape", or a colour towards no colour) from the demo
 model with one divergence, target mode, learning rate and seed, training the cross-attention K/V
