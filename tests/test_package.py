@@ -51,3 +51,16 @@ def test_cli_erases_a_toy_pipeline_end_to_end(tmp_path):
     bad = subprocess.run([*env_cmd, "erase", "--pipeline", str(tmp_path), "--concepts", "a -> b",
                           "--out", str(tmp_path / "x.safetensors")], capture_output=True, text=True)
     assert bad.returncode == 2 and "not a diffusers pipeline folder" in bad.stderr
+
+
+def test_start_up_check_names_only_this_pack_failing_to_import():
+    from unlearn_core.headless import pack_import_failures
+
+    # The current ComfyUI logs its own optional modules failing (no torchaudio here); the demo job's
+    # temporary folder is called divergence-unlearn-demo-*, which must not count as this pack.
+    root = "/home/user/divergence-unlearn-demo-x1/ComfyUI"
+    other = (f"Cannot import {root}/comfy_extras/nodes_audio.py module for custom nodes: No module named 'torchaudio'\n"
+             f"   0.0 seconds (IMPORT FAILED): {root}/custom_nodes/some-other-pack\n")
+    ours = f"   0.1 seconds (IMPORT FAILED): {root}/custom_nodes/divergence-unlearn\n"
+    assert pack_import_failures(other) == []
+    assert pack_import_failures(other + ours) == [ours.rstrip("\n")]

@@ -72,6 +72,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def pack_import_failures(log: str) -> list[str]:
+    """The lines of a ComfyUI start-up log saying that this pack (not another module) failed to import."""
+    pack = f"custom_nodes{os.sep}{PACK_DIR_NAME}"  # the folder name alone can be part of a temporary path
+    return [line for line in log.splitlines() if any(m in line for m in IMPORT_FAILURE_MARKERS) and pack in line]
+
+
 class ComfyServer:
     """``python main.py --cpu`` on a free loopback port, with helpers to queue API prompts."""
 
@@ -102,9 +108,7 @@ class ComfyServer:
                 time.sleep(0.5)
         else:
             raise RuntimeError(f"ComfyUI did not answer within {timeout:.0f} s:\n{self.log()}")
-        failures = [line for line in self.log().splitlines()
-                    if any(m in line for m in IMPORT_FAILURE_MARKERS) and PACK_DIR_NAME in line]
-        if failures:
+        if pack_import_failures(self.log()):
             raise RuntimeError("ComfyUI failed to import the pack:\n" + self.log())
 
     def stop(self) -> None:
