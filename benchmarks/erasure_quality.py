@@ -229,13 +229,18 @@ def run_all(jobs: list[dict], workers: int, describe) -> list[dict]:
         return [describe(i, len(jobs), run) for i, run in enumerate(pool.imap(_run_in_worker, jobs), 1)]
 
 
+def groups(runs: list[dict]) -> dict[tuple, list[dict]]:
+    """The runs by (target mode, lr, divergence), in that order."""
+    keys = sorted({(r["target_mode"], r["lr"], r["divergence"]) for r in runs},
+                  key=lambda k: (k[0], k[1], list(DIVERGENCES).index(k[2])))
+    return {k: [r for r in runs if (r["target_mode"], r["lr"], r["divergence"]) == k] for k in keys}
+
+
 def aggregate(runs: list[dict], final_step: int) -> list[dict]:
     """Mean and 95% interval over concepts x seeds, per divergence, target mode and learning rate."""
     rows = []
-    keys = sorted({(r["divergence"], r["target_mode"], r["lr"]) for r in runs},
-                  key=lambda k: (list(DIVERGENCES).index(k[0]), k[1], k[2]))
-    for div, mode, lr in keys:
-        group = [r for r in runs if (r["divergence"], r["target_mode"], r["lr"]) == (div, mode, lr)]
+    by_divergence = sorted(groups(runs).items(), key=lambda item: list(DIVERGENCES).index(item[0][2]))  # stable
+    for (mode, lr, div), group in by_divergence:
         finals = [r["evals"][str(final_step)] for r in group]
         row = {"divergence": div, "target_mode": mode, "lr": lr, "n": len(group)}
         for metric in ("efficacy", "in_domain", "cross_domain", "kid_x1000"):
@@ -271,13 +276,6 @@ def mean_curve(group: list[dict], evals: tuple[int, ...], metric: str) -> list[f
     """The metric's mean over the runs at step 0 (the original model: every Δ is 0) and at each evaluated step."""
     start = float(np.mean([100 - r["before"]["target_shows"] for r in group])) if metric == "efficacy" else 0.0
     return [start] + [float(np.mean([r["evals"][str(s)][metric] for r in group])) for s in evals]
-
-
-def groups(runs: list[dict]) -> dict[tuple, list[dict]]:
-    """The runs by (target mode, lr, divergence), in that order."""
-    keys = sorted({(r["target_mode"], r["lr"], r["divergence"]) for r in runs},
-                  key=lambda k: (k[0], k[1], list(DIVERGENCES).index(k[2])))
-    return {k: [r for r in runs if (r["target_mode"], r["lr"], r["divergence"]) == k] for k in keys}
 
 
 def matched_efficacy(runs: list[dict], evals: tuple[int, ...], levels: tuple[int, ...] = (50, 75, 90)) -> list[dict]:
