@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -13,7 +14,7 @@ from ..unlearn_core.plot import bar_chart
 from ..unlearn_core.report import measure
 from .comfy_adapter import ComfyDenoiser, apply_erasure, in_host_names, model_family, network_shapes
 from .images import to_image_tensor
-from .paths import erasure_save_path
+from .paths import erasure_save_target
 
 NONE = "none"
 
@@ -40,6 +41,8 @@ class ApplyErasedUNet:
         }
 
     def apply(self, model, strength: float, erasure_file: str, erasure=None):
+        if not math.isfinite(strength):
+            raise ValueError(f"strength is {strength}: set the strength widget to a number from -2 to 2")
         if erasure is None:
             if erasure_file == NONE:
                 raise ValueError("no erasure given: connect an ERASURE or pick an erasure_file")
@@ -69,7 +72,7 @@ class SaveErasure:
         }
 
     def save(self, erasure, filename_prefix: str):
-        path = erasure.save(erasure_save_path(filename_prefix))
+        path = erasure.save_numbered(*erasure_save_target(filename_prefix))
         root = folder_paths.get_folder_paths("loras")[0]
         relative = os.path.relpath(path, root)
         print(f"[Divergence Unlearn] saved erasure to {path}")

@@ -21,24 +21,39 @@ def register_folders() -> None:
     folder_paths.folder_names_and_paths["concept_sets"] = (paths, set(extensions) | CONCEPT_SET_EXTENSIONS)
 
 
-def erasure_save_path(prefix: str) -> str:
-    """A new, unused ``<loras>/<sub/dirs>/<name>_00001.safetensors`` path for a user-given prefix.
+MAX_PREFIX_LENGTH = 160
+"""Longest filename prefix: leaves room for the counter, the extension and the loras folder on any OS."""
+WINDOWS_RESERVED = re.compile(r"^(con|prn|aux|nul|com\d|lpt\d)(\..*)?$", re.IGNORECASE)
 
-    The prefix may contain sub-folders but cannot leave the loras folder (no absolute paths, no
-    ``..``, only letters, digits, ``_ - . space`` in each part); existing files are never overwritten.
+
+def _prefix_problem(prefix: str, parts: list[str]) -> str | None:
+    """Why ``prefix`` (split into ``parts``) cannot name a file inside the loras folder, or None."""
+    if len(prefix) > MAX_PREFIX_LENGTH:
+        return f"is {len(prefix)} characters long: use at most {MAX_PREFIX_LENGTH}"
+    if not parts or prefix.startswith(("/", "~")) or any(p in (".", "..") or not SAFE_NAME.match(p) for p in parts):
+        return ("is not allowed: use a relative name like 'erasures/van_gogh' made of letters, digits, "
+                "'_', '-', '.' and spaces")
+    for part in parts:
+        if WINDOWS_RESERVED.match(part) or part.endswith((".", " ")):
+            return (f"has the part {part!r}, which Windows cannot store (reserved device names such as CON or "
+                    "AUX, names ending in '.' or a space): use another name")
+    return None
+
+
+def erasure_save_target(prefix: str) -> tuple[str, str]:
+    """The folder and file stem for a user-given prefix: ``<loras>/<sub/dirs>``, ``<name>``.
+
+    The prefix may contain sub-folders but cannot leave the loras folder (no absolute paths, no ``..``,
+    only letters, digits, ``_ - . space`` in each part, no Windows-reserved names, at most
+    :data:`MAX_PREFIX_LENGTH` characters). The saver adds a counter and never overwrites a file.
     """
     parts = [p for p in prefix.replace("\\", "/").split("/") if p]
-    if not parts or prefix.startswith(("/", "~")) or any(p in (".", "..") or not SAFE_NAME.match(p) for p in parts):
-        raise ValueError(f"filename_prefix {prefix!r} is not allowed: use a relative name like "
-                         "'erasures/van_gogh' made of letters, digits, '_', '-', '.' and spaces")
+    problem = _prefix_problem(prefix, parts)
+    if problem:
+        shown = prefix if len(prefix) <= 60 else prefix[:60] + "..."
+        raise ValueError(f"filename_prefix {shown!r} {problem}")
     root = os.path.realpath(folder_paths.get_folder_paths("loras")[0])
     folder = os.path.realpath(os.path.join(root, *parts[:-1]))
     if os.path.commonpath([root, folder]) != root:
         raise ValueError(f"filename_prefix {prefix!r} points outside the loras folder")
-    os.makedirs(folder, exist_ok=True)
-    counter = 1
-    while True:
-        path = os.path.join(folder, f"{parts[-1]}_{counter:05d}.safetensors")
-        if not os.path.exists(path):
-            return path
-        counter += 1
+    return folder, parts[-1]

@@ -10,9 +10,8 @@ guessed back from the underscored spelling.
 from __future__ import annotations
 
 import hashlib
-import json
+import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,8 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from . import __version__
+from .atomic_write import write_atomically, write_numbered
+from .bounded_parse import ParseError, dump_json, load_json
 
 METADATA_KEY = "divergence_unlearn"
 FINGERPRINT_SAMPLES = 1024
@@ -29,6 +30,10 @@ FINGERPRINT_SAMPLES = 1024
 
 class ErasureError(ValueError):
     """An erasure file or artefact that cannot be used as asked; the message says what to do."""
+
+
+class DamagedErasureError(ErasureError):
+    """An erasure file whose tensors or metadata are malformed: "<file>: this erasure file is damaged: <what>"."""
 
 
 def export_prefix(name: str) -> str:
@@ -125,30 +130,32 @@ class Erasure:
             tensors[prefix + ".lora_down.weight"] = down.detach().float().contiguous()
             tensors[prefix + ".alpha"] = torch.tensor(float(alpha))
         meta = dict(self.metadata, names=names, shapes={n: list(s) for n, s in self.shapes.items()})
-        return tensors, {METADATA_KEY: json.dumps(meta), "format": "pt"}
+        return tensors, {METADATA_KEY: dump_json(meta), "format": "pt"}
+
+    def _writer(self):
+        """``write(path)``: the safetensors file of this erasure (for :mod:`.atomic_write`)."""
+        tensors, header = self.to_state_dict()
+        return lambda tmp: save_file(tensors, tmp, metadata=header)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write atomically (temporary file in the same folder, then rename); never a partial file."""
+        """Write ``path`` atomically (replacing a file of that name); never a partial file."""
         path = Path(path)
-        if path.suffix != ".safetensors":
+        if path.suffix.lower() != ".safetensors":
             raise ErasureError(f"erasures are saved as .safetensors only, not {path.name!r}")
-        tensors, header = self.to_state_dict()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=header)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return write_atomically(path, self._writer())
+
+    def save_numbered(self, folder: str | os.PathLike, stem: str) -> Path:
+        """Write ``<folder>/<stem>_<NNNNN>.safetensors`` under the first free number; never overwrites a file."""
+        return write_numbered(folder, stem, ".safetensors", self._writer())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Erasure":
-        """Read a file written by :meth:`save` (safetensors only; no pickle is ever loaded)."""
+        """Read a file written by :meth:`save` (safetensors only; no pickle is ever loaded).
+
+        Every tensor and metadata field is checked: a malformed file raises :class:`DamagedErasureError`.
+        """
         path = Path(path)
-        if path.suffix != ".safetensors":
+        if path.suffix.lower() != ".safetensors":
             raise ErasureError(f"{path.name!r} is not a .safetensors file; only safetensors erasures are loaded")
         if not path.is_file():
             raise ErasureError(f"no erasure file at {path}")
@@ -161,17 +168,110 @@ class Erasure:
         if METADATA_KEY not in header:
             raise ErasureError(f"{path.name} has no Divergence Unlearn metadata: it is an ordinary LoRA; "
                                "load it with ComfyUI's LoraLoaderModelOnly instead")
-        meta = json.loads(header[METADATA_KEY])
-        names, shapes = meta.pop("names"), {n: tuple(s) for n, s in meta.pop("shapes").items()}
-        erasure = cls(shapes=shapes, metadata=meta)
-        for key, name in names.items():
-            if key.endswith(".lora_up.weight"):
-                prefix = key[: -len(".lora_up.weight")]
-                erasure.lora[name] = (tensors[key], tensors[prefix + ".lora_down.weight"],
-                                      float(tensors[prefix + ".alpha"]))
-            else:
-                erasure.full[name] = tensors[key]
-        return erasure
+        try:
+            return _from_file(header[METADATA_KEY], tensors)
+        except _Damage as e:
+            raise DamagedErasureError(f"{path.name}: this erasure file is damaged: {e}") from None
+
+
+# ---------------------------------------------------------------------- reading a file back
+
+
+class _Damage(Exception):
+    """What is wrong in a file (wrapped into :class:`DamagedErasureError` with the file's name)."""
+
+
+FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "library": str, "version": str, "family": str, "key_format": str, "prediction_type": str, "fingerprint": str,
+    "concepts": dict, "config": dict, "low_rank": dict, "seconds": (int, float, type(None)), "history": list,
+}
+"""Types of the metadata fields the pack writes (``names`` and ``shapes`` are checked on their own)."""
+
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _checked_metadata(meta) -> dict:
+    """The header's metadata when every field the pack knows has its type, else :class:`_Damage`."""
+    if not isinstance(meta, dict):
+        raise _Damage(f"its metadata is a {type(meta).__name__}, not a mapping")
+    for key, kind in FIELD_TYPES.items():
+        if key in meta and (not isinstance(meta[key], kind) or isinstance(meta[key], bool)):
+            raise _Damage(f"metadata field {key!r} is a {type(meta[key]).__name__}")
+    if meta.get("key_format", "ldm") not in ("ldm", "diffusers"):
+        raise _Damage("metadata field 'key_format' is neither 'ldm' nor 'diffusers'")
+    for row in meta.get("history", []):
+        if not isinstance(row, list) or not all(v is None or _is_number(v) for v in row):
+            raise _Damage("metadata field 'history' holds something other than rows of numbers")
+    names, shapes = meta.get("names"), meta.get("shapes")
+    if not isinstance(names, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in names.items()):
+        raise _Damage("metadata field 'names' is missing or not a mapping of tensor keys to names")
+    if not isinstance(shapes, dict) or not all(
+            isinstance(s, list) and s and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in s)
+            for s in shapes.values()):
+        raise _Damage("metadata field 'shapes' is missing or not a mapping of names to lists of positive sizes")
+    if sorted(names.values()) != sorted(shapes):
+        raise _Damage("metadata fields 'names' and 'shapes' list different tensors")
+    return meta
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _tensor(tensors: dict[str, Tensor], key: str, dims: int | None = None) -> Tensor:
+    """``tensors[key]`` when present, floating point, finite and ``dims``-dimensional, else :class:`_Damage`."""
+    if key not in tensors:
+        raise _Damage(f"tensor {key} is missing")
+    t = tensors[key]
+    if t.dtype not in FLOAT_DTYPES:
+        raise _Damage(f"tensor {key} holds {t.dtype}, not float16, bfloat16, float32 or float64 numbers")
+    if dims is not None and t.dim() != dims:
+        raise _Damage(f"tensor {key} has {t.dim()} dimensions, not {dims}")
+    if not torch.isfinite(t).all():
+        raise _Damage(f"tensor {key} holds NaN or infinite values")
+    return t
+
+
+def _from_file(meta_text: str, tensors: dict[str, Tensor]) -> Erasure:
+    """The erasure in a file's metadata text and tensors, every field and tensor checked."""
+    try:
+        meta = _checked_metadata(load_json(meta_text))
+    except ParseError as e:
+        raise _Damage(f"its metadata is not readable ({e})") from None
+    names, shapes = meta.pop("names"), {n: tuple(s) for n, s in meta.pop("shapes").items()}
+    if len(set(names.values())) != len(names):
+        raise _Damage("metadata field 'names' gives one tensor name to several keys")
+    erasure = Erasure(shapes=shapes, metadata=meta)
+    used = set()
+    for key, name in names.items():
+        shape = shapes[name]
+        if key.endswith(".lora_up.weight"):
+            prefix = key[: -len(".lora_up.weight")]
+            keys = (key, prefix + ".lora_down.weight", prefix + ".alpha")
+            up, down, alpha = _tensor(tensors, keys[0], 2), _tensor(tensors, keys[1], 2), _tensor(tensors, keys[2])
+            if alpha.numel() != 1:
+                raise _Damage(f"tensor {keys[2]} holds {alpha.numel()} values, not one")
+            if up.shape[1] != down.shape[0] or up.shape[1] == 0:
+                raise _Damage(f"{prefix}: lora_up {tuple(up.shape)} and lora_down {tuple(down.shape)} do not "
+                              "share a rank of at least 1")
+            if (up.shape[0], down.shape[1]) != (shape[0], math.prod(shape[1:])):
+                raise _Damage(f"{prefix}: lora_up {tuple(up.shape)} times lora_down {tuple(down.shape)} does not "
+                              f"make its recorded shape {shape}")
+            erasure.lora[name] = (up, down, float(alpha))
+        elif key.endswith((".diff", ".diff_b")):
+            keys = (key,)
+            delta = _tensor(tensors, key)
+            if tuple(delta.shape) != shape:
+                raise _Damage(f"tensor {key} has shape {tuple(delta.shape)}, not its recorded {shape}")
+            erasure.full[name] = delta
+        else:
+            raise _Damage(f"key {key} in 'names' is neither a .diff, .diff_b nor .lora_up.weight key")
+        used.update(keys)
+    extra = sorted(set(tensors) - used)
+    if extra:
+        raise _Damage(f"{len(extra)} tensors are not named in its metadata, e.g. {extra[0]}")
+    return erasure
 
 
 def new_metadata(**fields) -> dict:

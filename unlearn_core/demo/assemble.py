@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from ..atomic_write import write_atomically
 from .model import WEIGHTS, DemoModel
 from .slim_unet import to_ldm
 from .text import clip_l_state_dict
@@ -43,10 +44,6 @@ def write_checkpoint(out: str | os.PathLike, folder: Path = WEIGHTS) -> Path:
         path = path / CHECKPOINT_NAME
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: the checkpoint is written as .safetensors; give a folder or a .safetensors name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(checkpoint_state_dict(folder), str(tmp),
-              metadata={"modelspec.title": "Divergence Unlearn demo (procedural shapes)",
-                        "modelspec.architecture": "stable-diffusion-v1", "divergence_unlearn.demo": "1"})
-    os.replace(tmp, path)
-    return path
+    metadata = {"modelspec.title": "Divergence Unlearn demo (procedural shapes)",
+                "modelspec.architecture": "stable-diffusion-v1", "divergence_unlearn.demo": "1"}
+    return write_atomically(path, lambda tmp: save_file(checkpoint_state_dict(folder), tmp, metadata=metadata))

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..atomic_write import write_atomically
 from ..headless import ComfyServer, host_label, prepare_host
 from ..plot import comparison_grid
 from .assemble import CHECKPOINT_NAME, write_checkpoint
@@ -258,7 +259,8 @@ def run(opts: JobOptions, out: Path, workdir: Path | None = None, timeout: float
             after = [_images(entry, f"after{i}_save", server.output_dir) for i in range(len(prompts))]
             erasure_report = entry["outputs"]["report"]["text"][0]
             saved = entry["outputs"]["save"]["text"][0]
-            shutil.copy(root / "models" / "loras" / saved, out / "erasure.safetensors")
+            saved_path = root / "models" / "loras" / saved
+            write_atomically(out / "erasure.safetensors", lambda tmp: shutil.copyfile(saved_path, tmp))
             erase_seconds = _erase_seconds(server.log())
         finally:
             server.stop()

@@ -15,6 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from ..atomic_write import write_atomically
 from ..denoiser import Conditioning, Denoiser
 from ..schedule import ddim_sample, scaled_linear_alphas_cumprod
 from .classifier import AttributeClassifier
@@ -30,9 +31,7 @@ def _save(module: nn.Module, path: Path, meta: dict) -> None:
     """Floating tensors as fp16 (the assembled checkpoint is fp16, so both compute the same), atomically."""
     state = {k: (v.half() if v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in module.state_dict().items()}
-    tmp = path.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata={"config": json.dumps(meta)})
-    tmp.replace(path)
+    write_atomically(path, lambda tmp: save_file(state, tmp, metadata={"config": json.dumps(meta)}))
 
 
 def _load(path: Path) -> tuple[dict[str, Tensor], dict]:
