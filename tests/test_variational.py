@@ -146,6 +146,16 @@ def test_critic_output_shape(critic, shape):
     assert out.shape == (b, 1, h // 8, w // 8)
 
 
+@pytest.mark.parametrize("shape", [(2, 4, 4, 4), (1, 4, 5, 7), (1, 4, 6, 20)])
+def test_critic_takes_latents_under_8x8_as_padded_to_8(critic, shape):
+    b, _, h, w = shape
+    x = torch.randn(shape, requires_grad=True)
+    out = critic(x, torch.full((b,), 10))
+    assert out.shape == (b, 1, max(h, 8) // 8, max(w, 8) // 8)
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
 def test_critic_default_width_shape():
     assert Critic()(torch.randn(2, 4, 16, 16), torch.tensor([1, 2])).shape == (2, 1, 2, 2)
 

@@ -42,12 +42,15 @@ Pure Python: no torch, no ComfyUI.
 
 from __future__ import annotations
 
-import json
 import os
 import re
+import reprlib
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
+
+from .bounded_parse import ParseError, load_json, load_yaml
 
 __all__ = [
     "ConceptSetError",
@@ -65,11 +68,15 @@ EXPECTED_LINE_FORMS = (
     'expected "target -> anchor", "keep: prompt", "template: ...{}...", or "preset: name"'
 )
 FILE_EXTENSIONS = (".txt", ".json", ".yaml", ".yml")
+MAX_FILE_BYTES = 1 << 20
+"""Largest concept-set file read (1 MiB: thousands of lines)."""
 _NOTHING_TO_ERASE = "nothing to erase: add a line like `Van Gogh -> a painting`"
 
 _ARROW_RE = re.compile(r"->|→")
 _COMMENT_RE = re.compile(r"(?:^|\s)#.*$")
 _KEY_RE = re.compile(r"^(keep|template|preset)\s*:(.*)$", re.IGNORECASE)
+_SHOWN = reprlib.Repr()  # quotes of user input in errors stay short
+_SHOWN.maxstring = _SHOWN.maxother = 80
 _DICT_KEYS = ("name", "pairs", "keep", "templates", "presets")
 _PAIR_KEYS = ("target", "anchor")
 
@@ -87,7 +94,7 @@ class ConceptSetError(ValueError):
 def _as_text(value: Any, where: str) -> str:
     """A trimmed string from ``value`` (numbers are accepted for YAML's sake)."""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise ConceptSetError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
+        raise ConceptSetError(f"{where}: expected a string, got {type(value).__name__} {_SHOWN.repr(value)}")
     return str(value).strip()
 
 
@@ -176,7 +183,7 @@ class ConceptSet:
             t = _as_text(t, f"templates[{i}]")
             problem = _template_problem(t)
             if problem:
-                raise ConceptSetError(f"templates[{i}] {t!r}: {problem}")
+                raise ConceptSetError(f"templates[{i}] {_SHOWN.repr(t)}: {problem}")
             templates.append(t)
         name = "" if self.name is None else _as_text(self.name, "name")
         object.__setattr__(self, "pairs", _dedup(pairs))
@@ -205,9 +212,13 @@ class ConceptSet:
     def targets(self) -> tuple[str, ...]:
         return tuple(p.target for p in self.pairs)
 
+    def expanded_count(self) -> int:
+        """len(prompt_pairs()), without building the list."""
+        return len(self.pairs) * max(1, len(self.templates))
+
     def summary(self) -> str:
         """Readable multi-line description (the node's STRING output)."""
-        n_expanded = len(self.prompt_pairs())
+        n_expanded = self.expanded_count()
         title = f"Concept set '{self.name}'" if self.name else "Concept set"
         lines = [
             f"{title}: {len(self.pairs)} pair(s), {len(self.templates)} template(s), "
@@ -221,7 +232,7 @@ class ConceptSet:
         lines += [f"  {k}" for k in self.keep] or ["  (none)"]
         lines.append(f"Expanded prompt pairs: {n_expanded}")
         if self.pairs:
-            target, anchor = self.prompt_pairs()[0]
+            target, anchor = ConceptSet(pairs=self.pairs[:1], templates=self.templates[:1]).prompt_pairs()[0]
             lines.append(f'  e.g. "{target}" -> "{anchor}"' if anchor else f'  e.g. "{target}" -> (unconditional)')
         return "\n".join(lines)
 
@@ -286,10 +297,10 @@ def _from_dict(d: Any, _including: tuple[str, ...]) -> ConceptSet:
             try:
                 split = _split_pair(item)
             except ConceptSetError as e:
-                raise ConceptSetError(f"{where} {item!r}: {e}") from None
+                raise ConceptSetError(f"{where} {_SHOWN.repr(item)}: {e}") from None
             if split is None:
                 raise ConceptSetError(
-                    f'{where} {item!r}: expected "target -> anchor" or {{"target": ..., "anchor": ...}}'
+                    f'{where} {_SHOWN.repr(item)}: expected "target -> anchor" or {{"target": ..., "anchor": ...}}'
                 )
             pairs.append(ConceptPair(*split))
             continue
@@ -321,7 +332,7 @@ def _from_dict(d: Any, _including: tuple[str, ...]) -> ConceptSet:
         t = _as_text(t, f"templates[{i}]")
         problem = _template_problem(t)
         if problem:
-            raise ConceptSetError(f"templates[{i}] {t!r}: {problem}")
+            raise ConceptSetError(f"templates[{i}] {_SHOWN.repr(t)}: {problem}")
         templates.append(t)
     name = d.get("name")
     name = "" if name is None else _as_text(name, "name")
@@ -352,7 +363,7 @@ def _parse_text(text: str, name: str, _including: tuple[str, ...]) -> ConceptSet
             continue
 
         def fail(msg: str) -> ConceptSetError:
-            return ConceptSetError(f"line {lineno}: {msg}: {raw.strip()!r}")
+            return ConceptSetError(f"line {lineno}: {msg}: {_SHOWN.repr(raw.strip())}")
 
         m = _KEY_RE.match(line)
         if m:
@@ -400,35 +411,44 @@ def load_concept_file(path: str | os.PathLike) -> ConceptSet:
     path = Path(path)
     ext = path.suffix.lower()
     if ext not in FILE_EXTENSIONS:
-        raise ConceptSetError(
-            f"{path}: unsupported file extension {ext or '(none)'!r}; allowed are {', '.join(FILE_EXTENSIONS)}"
-        )
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as e:
-        raise ConceptSetError(f"{path}: cannot read concept file ({e.strerror or e})") from e
+        shown = _SHOWN.repr(ext) if ext else "(none)"
+        raise ConceptSetError(f"{path}: unsupported file extension {shown}; allowed are {', '.join(FILE_EXTENSIONS)}")
+    text = _read_text(path)
     try:
         if ext == ".txt":
             cs = parse_concept_text(text, name=path.stem)
         else:
-            if ext == ".json":
-                try:
-                    data = json.loads(text)
-                except json.JSONDecodeError as e:
-                    raise ConceptSetError(f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-            else:
-                import yaml  # only needed for YAML files
-
-                try:
-                    data = yaml.safe_load(text)
-                except yaml.YAMLError as e:
-                    raise ConceptSetError(f"invalid YAML: {e}") from None
+            try:
+                data = load_json(text) if ext == ".json" else load_yaml(text)
+            except ParseError as e:
+                raise ConceptSetError(str(e)) from None
             cs = ConceptSet.from_dict(data)
             if not cs.name:
                 cs = ConceptSet(pairs=cs.pairs, keep=cs.keep, templates=cs.templates, name=path.stem)
     except ConceptSetError as e:
         raise ConceptSetError(f"{path}: {e}") from None
     return cs
+
+
+def _read_text(path: Path) -> str:
+    """The text of a regular UTF-8 file of at most :data:`MAX_FILE_BYTES`; pipes are refused without blocking."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with os.fdopen(fd, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ConceptSetError(f"{path}: not a regular file (a folder, pipe or device): pick a concept-set file")
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise ConceptSetError(f"{path}: cannot read concept file ({e.strerror or e})") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConceptSetError(f"{path}: larger than {MAX_FILE_BYTES // 1024} KiB, the limit for a concept-set file: "
+                              "split it into several files")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConceptSetError(f"{path}: not UTF-8 text (byte {e.start} is {data[e.start]:#04x}): "
+                              "save the file as UTF-8") from None
 
 
 # --------------------------------------------------------------------------- presets
@@ -474,7 +494,7 @@ def _load_preset(name: str, _including: tuple[str, ...]) -> ConceptSet:
     key = _normalise_preset_name(name)
     names = preset_names()
     if key not in names:
-        shown = f"{name.strip()!r}" if name.strip() else "(empty)"
+        shown = _SHOWN.repr(name.strip()) if name.strip() else "(empty)"
         raise ConceptSetError(f"unknown preset {shown}; valid presets are: {', '.join(names)}")
     if key in _including:
         chain = " -> ".join(_including + (key,))

@@ -22,6 +22,9 @@ EPS = 1e-6
 TIME_FEATURES = 64
 """Number of sinusoidal timestep features fed to the critic's timestep embedding."""
 
+MIN_SIZE = 8
+"""Smallest latent side the critic's three stride-2 convolutions take (64 px images in SD latents)."""
+
 
 @dataclass(frozen=True)
 class VariationalDivergence:
@@ -194,7 +197,13 @@ class Critic(nn.Module):
         )
 
     def forward(self, x: Tensor, timesteps: Tensor) -> Tensor:
-        """Patch logits [B, 1, H/8, W/8]; timesteps is [B] or a scalar."""
+        """Patch logits [B, 1, max(H, 8)/8, max(W, 8)/8]; timesteps is [B] or a scalar.
+
+        Sides under 8 (latents of images under 64 px) are zero-padded to 8, which the three stride-2
+        convolutions need."""
+        pad_h, pad_w = max(0, MIN_SIZE - x.shape[-2]), max(0, MIN_SIZE - x.shape[-1])
+        if pad_h or pad_w:
+            x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
         t = timesteps.to(x.device).reshape(-1).expand(x.shape[0])
         t_emb = self.time_proj(timestep_features(t, TIME_FEATURES, self.num_timesteps))
         return self.body(self.conv_in(x) + t_emb[:, :, None, None].to(x.dtype))
