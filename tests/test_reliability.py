@@ -372,3 +372,139 @@ def test_bombs_are_refused_fast_with_little_memory_and_short_messages(tmp_path):
     assert results["yaml alias bomb"]["input_bytes"] < 1000
     assert results["nested erasure metadata"]["error"] == "DamagedErasureError"
     assert "9000000 expanded prompt pair(s)" in results["3000 x 3000 summary"]["message_head"]
+
+
+# --------------------------------------------------------------------------- in the host (both hosts)
+
+
+@pytest.fixture()
+def loras(comfy) -> Path:
+    import folder_paths
+
+    return Path(folder_paths.get_folder_paths("loras")[0])
+
+
+def host_listing() -> list[str]:
+    """What every LoRA dropdown of the host shows."""
+    import folder_paths
+
+    return folder_paths.get_filename_list("loras")
+
+
+def model_erasure(model) -> Erasure:
+    """A small full update of one real cross-attention tensor of ``model``."""
+    weights = model.model.diffusion_model.state_dict()
+    name = next(n for n in weights if n.endswith("attn2.to_k.weight"))
+    shape = tuple(weights[name].shape)
+    return Erasure(full={name: torch.full(shape, 0.01)}, shapes={name: shape},
+                   metadata={"key_format": "ldm", "family": "SD15"})
+
+
+def test_save_node_from_8_threads_with_one_prefix_loses_nothing(pack_nodes, loras):
+    saver, barrier, saved = pack_nodes["DivergenceUnlearnSaveErasure"](), threading.Barrier(8), []
+
+    def run(i: int) -> None:
+        barrier.wait()
+        for j in range(4):
+            saved.append(saver.save(small_erasure(f"{i}-{j}"), "threads/same")["ui"]["text"][0])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(saved)) == 32 and set(saved) <= set(host_listing())
+    assert saved_markers(loras / "threads") == sorted(f"{i}-{j}" for i in range(8) for j in range(4))
+
+
+KILLED = """
+import os, sys, time
+import torch
+sys.path.insert(0, sys.argv[1])
+from unlearn_core.erasure import Erasure
+if sys.argv[3] == "before publishing":  # the whole content is written and fsynced: stop just before the link
+    os.link = lambda *a, **k: (print("written", flush=True), time.sleep(600))
+big = Erasure(full={"big.weight": torch.ones(64_000_000)}, shapes={"big.weight": (64_000_000,)})
+print("saving", flush=True)
+big.save_numbered(sys.argv[2], "killed")
+"""
+
+
+@pytest.mark.skipif(os.name == "nt", reason="kill -9 is POSIX")
+@pytest.mark.parametrize("moment", ["while writing", "before publishing"])
+def test_kill_9_in_the_middle_of_a_large_save_leaves_nothing_the_host_lists(comfy, loras, moment):
+    folder = loras / "killed"
+    folder.mkdir(exist_ok=True)
+    before = set(host_listing())
+    child = subprocess.Popen([sys.executable, "-c", KILLED, str(ROOT), str(folder), moment], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        wanted = "written" if moment == "before publishing" else "saving"
+        while child.stdout.readline().strip() != wanted:
+            assert child.poll() is None, "the saving process ended before the kill"
+        while moment == "while writing" and not any(p.stat().st_size > 8 << 20 for p in folder.iterdir()):
+            assert child.poll() is None, "the save finished before the kill"  # 256 MB take far longer than a poll
+            time.sleep(0.002)
+        child.kill()
+        child.wait(timeout=60)
+        assert set(host_listing()) == before, "a partial or temporary file is listed"
+        assert [p.name for p in folder.iterdir() if not p.name.startswith(".")] == []
+    finally:
+        child.kill()
+        child.wait(timeout=60)
+        for leftover in folder.iterdir():  # what a killed save leaves is hidden; free its space here
+            leftover.unlink()
+
+
+@pytest.mark.parametrize("prefix, problem", [
+    ("x" * 161, "is 161 characters long: use at most 160"),
+    ("a/" * 1500, "is 3000 characters long"),
+    ("CON", "Windows cannot store"), ("aux/x", "Windows cannot store"), ("sub/lpt1.txt", "Windows cannot store"),
+    ("x.", "Windows cannot store"), ("x ", "Windows cannot store"),
+])
+def test_bad_filename_prefix_is_one_clear_error_naming_it(pack_nodes, prefix, problem):
+    with pytest.raises(ValueError) as info:
+        pack_nodes["DivergenceUnlearnSaveErasure"]().save(small_erasure(), prefix)
+    assert str(info.value).startswith("filename_prefix '") and problem in str(info.value)
+    assert len(str(info.value)) < 300
+
+
+@pytest.mark.parametrize("strength", [math.nan, math.inf, -math.inf])
+def test_non_finite_strength_is_refused_naming_the_widget(pack_nodes, strength):
+    with pytest.raises(ValueError, match=r"strength is (nan|inf|-inf): set the strength widget"):
+        pack_nodes["DivergenceUnlearnApplyErasure"]().apply(None, strength, "none", small_erasure())
+
+
+def test_upper_case_extension_is_listed_and_loads(pack_nodes, sd15_model, loras):
+    erasure = model_erasure(sd15_model)
+    erasure.save(loras / "case" / "upper.SAFETENSORS")
+    assert "case/upper.SAFETENSORS" in [n.replace(os.sep, "/") for n in host_listing()]
+    with torch.inference_mode():
+        out = pack_nodes["DivergenceUnlearnApplyErasure"]().apply(sd15_model, 1.0, "case/upper.SAFETENSORS")[0]
+    assert set(out.patches) == {"diffusion_model." + name for name in erasure.names}
+
+
+@pytest.mark.parametrize("tensor, problem", [
+    (lambda t: torch.zeros(3, 3), r"has shape \(3, 3\), not its recorded"),
+    (lambda t: torch.full_like(t, math.nan), "holds NaN or infinite values"),
+])
+def test_file_with_other_tensor_shapes_or_nan_is_refused_not_silently_unapplied(pack_nodes, sd15_model, loras,
+                                                                                 tensor, problem):
+    tensors, header = model_erasure(sd15_model).to_state_dict()
+    key = next(iter(tensors))
+    tensors[key] = tensor(tensors[key])
+    save_file(tensors, str(loras / "damaged.safetensors"), metadata=header)
+    with pytest.raises(ValueError, match=rf"^damaged\.safetensors: this erasure file is damaged: tensor .*{problem}"):
+        with torch.inference_mode():
+            pack_nodes["DivergenceUnlearnApplyErasure"]().apply(sd15_model, 1.0, "damaged.safetensors")
+
+
+@pytest.mark.slow  # the node's 30 critic warm-up steps; test_trainer checks 32 px with one
+def test_variational_divergence_trains_at_the_nodes_smallest_resolution(pack_nodes, sd15_model, sd15_clip):
+    from test_comfy_inprocess import load_concepts, unlearn
+
+    concepts, _ = load_concepts(pack_nodes, "a red circle -> a red shape")
+    _, erasure, _ = unlearn(pack_nodes, sd15_model, sd15_clip, concepts, divergence="variational_kl", resolution=32,
+                            steps=1, anchor_samples=1, sample_steps=1)
+    assert any(erasure.delta(n).abs().sum() > 0 for n in erasure.names)
+    assert all(torch.isfinite(erasure.delta(n)).all() for n in erasure.names)

@@ -55,6 +55,14 @@ def test_every_divergence_trains_and_only_the_parameter_set_changes(denoiser, di
         assert [s.step for s in steps if s.phase == "critic_warmup"] == [1, 2]
 
 
+def test_variational_divergence_trains_on_latents_under_8x8(denoiser):
+    """32 px (4x4 latents, the nodes' smallest resolution) once failed in the critic's convolutions."""
+    cfg = EraseConfig(divergence="variational_kl", steps=1, critic_warmup=1, **dict(QUICK, resolution=32))
+    erasure = erase(denoiser, CONCEPTS, cfg)
+    assert all(torch.isfinite(erasure.delta(n)).all() for n in erasure.names)
+    assert any(erasure.delta(n).abs().sum() > 0 for n in erasure.names)
+
+
 def test_negative_guidance_trajectory_lora(denoiser):
     cfg = EraseConfig(target_mode="negative_guidance", guidance_eta=2.0, x_source="trajectory", lora_rank=2,
                       parameter_set="cross_attn", steps=2, **QUICK)
