@@ -2,9 +2,9 @@
 
 The content is written to a hidden temporary file in the target folder (``.<name>.<random>.partial``:
 dot-prefixed and without the target's extension, so a ComfyUI folder listing never shows it), flushed
-to disk with ``fsync``, and only then published under its final name: ``os.replace`` when replacing is
-wanted, otherwise a hard link, which fails with ``FileExistsError`` instead of overwriting, so that
-threads and processes saving with one name prefix each claim a different number. The file gets the
+to disk with ``fsync``, and only then published under its final name: ``os.replace`` for a given path,
+or, for a numbered name, a hard link, which fails with ``FileExistsError`` instead of overwriting, so
+that threads and processes saving with one name prefix each claim a different number. The file gets the
 mode the process's umask gives (not the 0600 of ``tempfile.mkstemp``). A failed write removes the
 temporary file; a killed process leaves it hidden in the folder.
 """
@@ -70,19 +70,13 @@ def _claim(tmp: Path, path: Path) -> bool:
     return True
 
 
-def write_atomically(path: str | os.PathLike, write: Callable[[str], None], overwrite: bool = True) -> Path:
-    """Write ``path`` through ``write(tmp_path)``; readers never see a partial file.
-
-    With ``overwrite=False`` an existing ``path`` is left as it is and ``FileExistsError`` is raised.
-    """
+def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Write (or replace) ``path`` through ``write(tmp_path)``; readers never see a partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _write_hidden(path.parent, path.name, write)
     try:
-        if overwrite:
-            os.replace(tmp, path)
-        elif not _claim(tmp, path):
-            raise FileExistsError(f"{path} exists already and is not overwritten")
+        os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_folder(path.parent)
@@ -98,8 +92,8 @@ def write_numbered(folder: str | os.PathLike, stem: str, suffix: str, write: Cal
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = _write_hidden(folder, stem + suffix, write)
-    taken = {p.name for p in folder.iterdir()}
     try:
+        taken = {p.name for p in folder.iterdir()}
         for number in range(1, MAX_NUMBER + 1):
             path = folder / f"{stem}_{number:05d}{suffix}"
             if path.name not in taken and _claim(tmp, path):
