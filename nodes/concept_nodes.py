@@ -15,8 +15,10 @@ EXAMPLE = "# one erasure per line: target -> anchor\nVan Gogh -> a painting\nkee
 class LoadConceptSet:
     DESCRIPTION = ("The concepts to erase: each line `target -> anchor` (the anchor is what the target should "
                    "become; leave it empty to erase towards nothing), `keep: prompt` for prompts that must not "
-                   "change, `template: a painting in the style of {}` to expand every concept. Inline text, a "
-                   "preset and a file from models/concept_sets are merged.")
+                   "change, `template: a painting by {}` to expand every concept (the anchor fills the template too, "
+                   "unless it is in double quotes or the template already says it: `Van Gogh -> a painting` trains "
+                   "\"a painting by Van Gogh\" onto \"a painting\"). Inline text, a preset and a file from "
+                   "models/concept_sets are merged; the summary lists the prompt pairs that will be trained.")
     CATEGORY = "unlearning"
     RETURN_TYPES = ("CONCEPT_SET", "STRING")
     RETURN_NAMES = ("concepts", "summary")
@@ -30,7 +32,8 @@ class LoadConceptSet:
                 # dynamicPrompts off: the frontend would otherwise eat the "{}" of our templates
                 "text": ("STRING", {"multiline": True, "dynamicPrompts": False, "default": EXAMPLE,
                                     "tooltip": "Lines `target -> anchor`, `keep: prompt`, `template: ...{}...`, "
-                                               "`preset: name`, and # comments."}),
+                                               "`preset: name`, and # comments. An anchor in double quotes is a "
+                                               "whole prompt, never templated."}),
                 "preset": ([NONE, *preset_names()], {"default": NONE,
                                                      "tooltip": "A bundled example set merged with the text."}),
                 "file": ([NONE, *folder_paths.get_filename_list("concept_sets")],

@@ -333,7 +333,7 @@ def test_summary_mentions_everything():
     for k in cs.keep:
         assert k in s
     assert len(cs.prompt_pairs()) == 6
-    assert "Expanded prompt pairs: 6" in s
+    assert "Prompt pairs trained (6):" in s
     assert "mine" in s
 
 
@@ -345,3 +345,35 @@ def test_preset_self_include_is_reported(tmp_path, monkeypatch):
     assert preset_names() == ["loop"]
     with pytest.raises(ConceptSetError, match="includes itself"):
         load_preset("loop")
+
+
+# ------------------------------------------------------------------ templates and anchors (issue 15 item 7)
+
+
+def test_template_does_not_wrap_an_anchor_the_template_already_says():
+    cs = parse_concept_text("Van Gogh -> a painting\ntemplate: a painting by {}\ntemplate: art by {}")
+    # "a painting" is what the first template says around {}: it is a whole prompt under every template
+    assert cs.prompt_pairs() == [("a painting by Van Gogh", "a painting"), ("art by Van Gogh", "a painting")]
+
+
+def test_template_fills_a_name_anchor_like_its_target():
+    cs = parse_concept_text("Van Gogh -> Claude Monet\ntemplate: a painting by {}")
+    assert cs.prompt_pairs() == [("a painting by Van Gogh", "a painting by Claude Monet")]
+
+
+def test_quoted_anchor_is_used_as_written_and_empty_anchor_stays_unconditional():
+    cs = parse_concept_text('Van Gogh -> "an oil painting"\nnudity ->\ntemplate: art by {}\nkeep: art by Rembrandt')
+    assert cs.prompt_pairs() == [("art by Van Gogh", "an oil painting"), ("art by nudity", "")]
+    assert cs.keep == ("art by Rembrandt",)  # keep prompts are final prompts, never templated
+
+
+def test_presets_still_template_their_anchors():
+    assert load_preset("object").prompt_pairs()[0] == ("a photo of a golf ball", "a photo of a ball")
+
+
+def test_summary_lists_the_resolved_prompt_pairs_and_stays_short():
+    summary = parse_concept_text("Van Gogh -> a painting\ntemplate: a painting by {}").summary()
+    assert '"a painting by Van Gogh" -> "a painting"' in summary
+    big = ConceptSet(pairs=tuple(ConceptPair(f"t{i}", "a") for i in range(100)), templates=("x {}",))
+    lines = big.summary().splitlines()
+    assert "  ... and 88 more" in lines and sum(line.startswith('  "x t') for line in lines) == 12

@@ -8,8 +8,12 @@ A :class:`ConceptSet` holds
 * ``keep``: preservation prompts (final prompts, never templated) whose
   predictions must not change.
 * ``templates``: prompt templates, each with exactly one ``{}``.  Every pair is
-  expanded through every template (targets and non-empty anchors alike); with no
-  templates the bare concept text is used.
+  expanded through every template; with no templates the bare concept text is
+  used.  The target always fills ``{}``; the anchor fills it too unless it is in
+  double quotes or a template already says it (:func:`anchor_prompts`), so
+  ``template: a painting by {}`` with ``Van Gogh -> a painting`` trains "a painting
+  by Van Gogh" onto "a painting", and with ``Van Gogh -> Claude Monet`` onto "a
+  painting by Claude Monet".  Keep prompts are never templated.
 
 Text format (what users type in the node, and the ``.txt`` preset files)::
 
@@ -42,13 +46,14 @@ Pure Python: no torch, no ComfyUI.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import reprlib
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from .bounded_parse import ParseError, load_json, load_yaml
 
@@ -56,6 +61,7 @@ __all__ = [
     "ConceptSetError",
     "ConceptPair",
     "ConceptSet",
+    "anchor_prompts",
     "parse_concept_text",
     "load_concept_file",
     "load_preset",
@@ -70,6 +76,7 @@ EXPECTED_LINE_FORMS = (
 FILE_EXTENSIONS = (".txt", ".json", ".yaml", ".yml")
 MAX_FILE_BYTES = 1 << 20
 """Largest concept-set file read (1 MiB: thousands of lines)."""
+SUMMARY_PAIRS = 12  # resolved prompt pairs the summary lists
 _NOTHING_TO_ERASE = "nothing to erase: add a line like `Van Gogh -> a painting`"
 
 _ARROW_RE = re.compile(r"->|→")
@@ -103,6 +110,31 @@ def _template_problem(template: str) -> str | None:
     if n == 1:
         return None
     return f'a template must contain exactly one "{{}}" (found {n}), e.g. "a painting in the style of {{}}"'
+
+
+def anchor_prompts(anchor: str, templates: tuple[str, ...]) -> list[str]:
+    """The anchor's prompt under each template: "" stays unconditional (the empty prompt); an anchor in
+    double quotes, or one whose words some template already says around ``{}``, is a whole prompt, used
+    as written under every template; any other anchor fills ``{}`` like its target.
+
+    So with ``template: a painting by {}``, ``Van Gogh -> a painting`` trains "a painting by Van Gogh"
+    onto "a painting" (not "a painting by a painting"), ``Van Gogh -> Claude Monet`` onto "a painting by
+    Claude Monet", and ``Van Gogh -> "an oil painting"`` onto "an oil painting".
+    """
+    if not anchor:
+        return ["" for _ in templates]
+    if len(anchor) >= 2 and anchor[0] == anchor[-1] == '"':
+        return [anchor[1:-1].strip() for _ in templates]
+    words = _words(anchor)
+    for t in templates:
+        around = _words(t.replace("{}", " "))
+        if any(around[i : i + len(words)] == words for i in range(len(around) - len(words) + 1)):
+            return [anchor for _ in templates]
+    return [t.replace("{}", anchor, 1) for t in templates]
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
 
 
 def _dedup(items: Iterable) -> tuple:
@@ -194,19 +226,15 @@ class ConceptSet:
     # ------------------------------------------------------------------ prompts
 
     def prompt_pairs(self) -> list[tuple[str, str]]:
-        """(target_prompt, anchor_prompt) for every pair x template, pair-major order.
+        """(target_prompt, anchor_prompt) for every pair x template, pair-major order (see :func:`anchor_prompts`)."""
+        return list(self.iter_prompt_pairs())
 
-        With no templates the bare concept text is used.  An empty anchor stays ""
-        (unconditional) whatever the template.
-        """
+    def iter_prompt_pairs(self) -> Iterator[tuple[str, str]]:
+        """:meth:`prompt_pairs` one at a time (the summary shows the first few of a large set)."""
         templates = self.templates or ("{}",)
-        out: list[tuple[str, str]] = []
         for pair in self.pairs:
-            for t in templates:
-                target = t.replace("{}", pair.target, 1)
-                anchor = t.replace("{}", pair.anchor, 1) if pair.anchor else ""
-                out.append((target, anchor))
-        return out
+            for t, anchor in zip(templates, anchor_prompts(pair.anchor, templates)):
+                yield t.replace("{}", pair.target, 1), anchor
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -230,10 +258,11 @@ class ConceptSet:
         lines += [f"  {t}" for t in self.templates] or ["  (none: bare concept text)"]
         lines.append("Keep:")
         lines += [f"  {k}" for k in self.keep] or ["  (none)"]
-        lines.append(f"Expanded prompt pairs: {n_expanded}")
-        if self.pairs:
-            target, anchor = ConceptSet(pairs=self.pairs[:1], templates=self.templates[:1]).prompt_pairs()[0]
-            lines.append(f'  e.g. "{target}" -> "{anchor}"' if anchor else f'  e.g. "{target}" -> (unconditional)')
+        lines.append(f"Prompt pairs trained ({n_expanded}):")
+        for target, anchor in itertools.islice(self.iter_prompt_pairs(), SUMMARY_PAIRS):
+            lines.append(f'  "{target}" -> "{anchor}"' if anchor else f'  "{target}" -> (unconditional)')
+        if n_expanded > SUMMARY_PAIRS:
+            lines.append(f"  ... and {n_expanded - SUMMARY_PAIRS} more")
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ combine / serialise
