@@ -274,7 +274,8 @@ def _from_dict(d: Any, _including: tuple[str, ...]) -> ConceptSet:
         )
     unknown = [k for k in d if k not in _DICT_KEYS]
     if unknown:
-        raise ConceptSetError(f"unknown field(s) {', '.join(map(repr, unknown))}: allowed are {', '.join(_DICT_KEYS)}")
+        shown = ", ".join(map(_SHOWN.repr, unknown[:5]))  # the first five
+        raise ConceptSetError(f"unknown field(s) {shown}: allowed are {', '.join(_DICT_KEYS)}")
 
     def seq(field: str) -> list:
         value = d.get(field)
@@ -310,7 +311,8 @@ def _from_dict(d: Any, _including: tuple[str, ...]) -> ConceptSet:
             )
         extra = [k for k in item if k not in _PAIR_KEYS]
         if extra:
-            raise ConceptSetError(f"{where}: unknown field(s) {', '.join(map(repr, extra))}: allowed are target, anchor")
+            shown = ", ".join(map(_SHOWN.repr, extra[:5]))  # the first five
+            raise ConceptSetError(f"{where}: unknown field(s) {shown}: allowed are target, anchor")
         for key in _PAIR_KEYS:
             if key not in item:
                 hint = ' (use "" or null for unconditional)' if key == "anchor" else ""
