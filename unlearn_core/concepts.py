@@ -34,7 +34,8 @@ JSON / YAML files use the :meth:`ConceptSet.to_dict` schema::
 
 Only ``pairs`` is required; a pair may be a mapping with ``target`` and
 ``anchor`` (``anchor`` may be ``""`` or ``null`` for unconditional, but must be
-present) or a string ``"target -> anchor"``.  ``presets`` is read-only
+present) or a string ``"target -> anchor"``.  Files are read up to 1 MiB, UTF-8 only;
+JSON and YAML nest at most 32 levels and YAML aliases (``*name``) are refused.  ``presets`` is read-only
 convenience (merged in first); :meth:`ConceptSet.to_dict` never writes it.
 
 Pure Python: no torch, no ComfyUI.
