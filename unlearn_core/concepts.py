@@ -38,7 +38,8 @@ JSON / YAML files use the :meth:`ConceptSet.to_dict` schema::
 
 Only ``pairs`` is required; a pair may be a mapping with ``target`` and
 ``anchor`` (``anchor`` may be ``""`` or ``null`` for unconditional, but must be
-present) or a string ``"target -> anchor"``.  ``presets`` is read-only
+present) or a string ``"target -> anchor"``.  Files are read up to 1 MiB, UTF-8 only;
+JSON and YAML nest at most 32 levels and YAML aliases (``*name``) are refused.  ``presets`` is read-only
 convenience (merged in first); :meth:`ConceptSet.to_dict` never writes it.
 
 Pure Python: no torch, no ComfyUI.
@@ -303,7 +304,8 @@ def _from_dict(d: Any, _including: tuple[str, ...]) -> ConceptSet:
         )
     unknown = [k for k in d if k not in _DICT_KEYS]
     if unknown:
-        raise ConceptSetError(f"unknown field(s) {', '.join(map(repr, unknown))}: allowed are {', '.join(_DICT_KEYS)}")
+        shown = ", ".join(map(_SHOWN.repr, unknown[:5]))  # the first five
+        raise ConceptSetError(f"unknown field(s) {shown}: allowed are {', '.join(_DICT_KEYS)}")
 
     def seq(field: str) -> list:
         value = d.get(field)
@@ -339,7 +341,8 @@ def _from_dict(d: Any, _including: tuple[str, ...]) -> ConceptSet:
             )
         extra = [k for k in item if k not in _PAIR_KEYS]
         if extra:
-            raise ConceptSetError(f"{where}: unknown field(s) {', '.join(map(repr, extra))}: allowed are target, anchor")
+            shown = ", ".join(map(_SHOWN.repr, extra[:5]))  # the first five
+            raise ConceptSetError(f"{where}: unknown field(s) {shown}: allowed are target, anchor")
         for key in _PAIR_KEYS:
             if key not in item:
                 hint = ' (use "" or null for unconditional)' if key == "anchor" else ""
