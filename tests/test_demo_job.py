@@ -69,5 +69,5 @@ def test_shipped_demo_workflow_is_the_jobs_graph():
 
     from unlearn_core.demo.main_job import demo_workflow
 
-    path = Path(__file__).resolve().parents[1] / "workflows" / "demo_erase_circle_api.json"
+    path = Path(__file__).resolve().parents[1] / "workflows" / "api" / "demo_erase_circle.json"
     assert json.loads(path.read_text()) == demo_workflow()

@@ -12,11 +12,11 @@ import shutil
 
 import pytest
 
-from workflow_format import WORKFLOWS
+from workflow_format import API_WORKFLOWS, WORKFLOWS
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-UI_FILES = sorted(WORKFLOWS.glob("*_ui.json"))
+UI_FILES = sorted(WORKFLOWS.glob("*.json"))
 APP = "(window.app || (window.comfyAPI && window.comfyAPI.app && window.comfyAPI.app.app))"
 READY = (f"() => {{ const app = {APP}; const types = window.LiteGraph && window.LiteGraph.registered_node_types;"
          " return !!(app && app.graph && app.canvas && types && types.KSampler && types.DivergenceUnlearn); }")
@@ -50,7 +50,7 @@ def page(server):
 
 @pytest.mark.parametrize("ui_file", UI_FILES, ids=[f.stem for f in UI_FILES])
 def test_ui_workflow_opens_in_the_frontend_and_queues_its_api_twin(page, ui_file):
-    api = json.loads(ui_file.with_name(ui_file.name.replace("_ui.json", "_api.json")).read_text())
+    api = json.loads((API_WORKFLOWS / ui_file.name).read_text())
     output = page.evaluate(LOAD_AND_CONVERT, json.loads(ui_file.read_text()))
     strip = lambda p: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in p.items()}  # noqa: E731
     assert strip(output) == strip(api)

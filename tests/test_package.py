@@ -1,26 +1,13 @@
-"""Packaging: registry metadata, Manager requirements, the engine without ComfyUI, the CLI."""
+"""Packaging: Manager requirements, the engine without ComfyUI, the CLI (registry metadata: test_registry.py)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def test_pyproject_has_what_the_comfy_registry_requires():
-    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    project, comfy = data["project"], data["tool"]["comfy"]
-    name = project["name"]
-    assert name and len(name) < 100 and "comfyui" not in name.lower() and name[0].isalpha()
-    assert all(c.isalnum() or c in "-_." for c in name)
-    major, minor, patch = project["version"].split(".")
-    assert all(part.isdigit() for part in (major, minor, patch))
-    assert project["description"] and project["license"] and project["urls"]["Repository"].startswith("https://")
-    assert comfy["PublisherId"] and comfy["DisplayName"] and comfy["Icon"].startswith("https://")
 
 
 def test_manager_requirements_never_list_torch():

@@ -13,9 +13,9 @@ from comfy_host import report_numbers
 
 pytestmark = pytest.mark.slow
 
-WORKFLOW_DIR = Path(__file__).resolve().parents[1] / "workflows"
-WORKFLOWS = sorted(WORKFLOW_DIR.glob("*_api.json"))
-ERASE_THEN_GENERATE = WORKFLOW_DIR / "erase_then_generate_api.json"
+WORKFLOW_DIR = Path(__file__).resolve().parents[1] / "workflows" / "api"
+WORKFLOWS = sorted(WORKFLOW_DIR.glob("*.json"))
+ERASE_THEN_GENERATE = WORKFLOW_DIR / "erase_then_generate.json"
 TINY = "tiny_sd15.safetensors"
 
 
@@ -117,7 +117,7 @@ def test_erasure_moves_target_onto_anchor_within_preservation_bound(server):
     """The multi-concept workflow with one pair and one keep prompt, trained long enough to measure.
 
     Measured (2 CPU cores): moved 55.3%, keep drift 0.3%, 12 s on a quiet machine."""
-    prompt = adapt_for_tiny(json.loads((WORKFLOW_DIR / "multi_concept_preservation_api.json").read_text()))
+    prompt = adapt_for_tiny(json.loads((WORKFLOW_DIR / "multi_concept_preservation.json").read_text()))
     concepts = next(n for n in prompt.values() if n["class_type"] == "DivergenceUnlearnLoadConceptSet")
     concepts["inputs"]["text"] = "a red circle -> a red shape\nkeep: a blue square\n"
     unlearn = next(n for n in prompt.values() if n["class_type"] == "DivergenceUnlearn")

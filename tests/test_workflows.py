@@ -6,20 +6,20 @@ import json
 
 import pytest
 
-from workflow_format import WORKFLOWS, ui_to_api
+from workflow_format import API_WORKFLOWS, WORKFLOWS, ui_to_api
 
-API_FILES = sorted(WORKFLOWS.glob("*_api.json"))
+API_FILES = sorted(API_WORKFLOWS.glob("*.json"))
 
 
 def test_every_api_workflow_has_a_ui_twin():
     assert len(API_FILES) >= 4
     for api in API_FILES:
-        assert api.with_name(api.name.replace("_api.json", "_ui.json")).is_file(), api.name
+        assert (WORKFLOWS / api.name).is_file(), api.name
 
 
 @pytest.mark.parametrize("api_file", API_FILES, ids=[f.stem for f in API_FILES])
 def test_ui_workflow_converts_to_its_api_twin(comfy, api_file):
-    ui = json.loads(api_file.with_name(api_file.name.replace("_api.json", "_ui.json")).read_text())
+    ui = json.loads((WORKFLOWS / api_file.name).read_text())
     assert ui["version"] == 0.4 and ui["last_node_id"] == max(n["id"] for n in ui["nodes"])
     assert ui_to_api(ui, comfy.NODE_CLASS_MAPPINGS) == json.loads(api_file.read_text())
 

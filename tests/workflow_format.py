@@ -7,7 +7,9 @@ other input is a slot fed by a link. The tests use it to check each UI workflow 
 and against the node definitions of the running host.
 
 ``api_to_ui`` writes the UI files from the API ones: ``python tests/workflow_format.py`` regenerates
-``workflows/*_ui.json`` (it imports the 2024 host through the test harness for the node definitions).
+``workflows/<name>.json`` from ``workflows/api/<name>.json`` (it imports the 2024 host through the test
+harness for the node definitions). The UI files sit at the top of ``workflows/``, where ComfyUI's template
+browser lists them; the API twins are in ``api/``, which it does not look into.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
+API_WORKFLOWS = WORKFLOWS / "api"
 
 
 def _inputs(node_cls) -> list[tuple[str, object, dict]]:
@@ -118,9 +121,9 @@ def main() -> None:
     from comfy_host import load_inprocess, prepare_host
 
     nodes = load_inprocess(prepare_host(Path(tempfile.mkdtemp())))
-    for api_file in sorted(WORKFLOWS.glob("*_api.json")):
+    for api_file in sorted(API_WORKFLOWS.glob("*.json")):
         ui = api_to_ui(json.loads(api_file.read_text()), nodes.NODE_CLASS_MAPPINGS)
-        target = api_file.with_name(api_file.name.replace("_api.json", "_ui.json"))
+        target = WORKFLOWS / api_file.name
         target.write_text(json.dumps(ui, indent=1) + "\n")
         print("wrote", target)
 

@@ -126,7 +126,7 @@ TITLES = {"ckpt": "Load Checkpoint (demo shapes model)", "concepts": "Load Conce
 
 
 def demo_workflow() -> dict:
-    """``workflows/demo_erase_circle_api.json``: the job's graph for one target and one kept prompt, numbered ids."""
+    """``workflows/api/demo_erase_circle.json``: the job's graph for one target and one kept prompt, numbered ids."""
     opts = JobOptions()
     text, _, _ = demo_prompts(opts.concept, opts.anchor)
     graph = build_graph(opts, CHECKPOINT_NAME, text, ["a red circle", "a blue square"])
