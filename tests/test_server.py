@@ -78,7 +78,7 @@ def test_shipped_api_workflow_runs_headless(server, workflow, saved_erasure):
     outputs = entry["outputs"]
     print(f"{workflow.name}: {time.monotonic() - started:.1f} s")
     texts = [t for o in outputs.values() for t in o.get("text", [])]
-    images = [img for o in outputs.values() for img in o.get("images", [])]
+    images = [img for o in outputs.values() for img in o.get("images", []) if img["type"] == "output"]  # not previews
     if any(n["class_type"] == "DivergenceUnlearnSaveErasure" for n in prompt.values()):
         assert any(t.endswith(".safetensors") for t in texts), texts
     if any(n["class_type"] == "DivergenceUnlearnErasureReport" for n in prompt.values()):
