@@ -88,7 +88,7 @@ def node_output(node: type[io.ComfyNode], v1: type, result) -> io.NodeOutput:
 
 
 def v3_node(node_id: str, v1: type) -> type[io.ComfyNode]:
-    """The V3 node class of a V1 node class (a subclass of it, so its methods stay callable)."""
+    """The V3 node class of a V1 node class (a subclass of it, so that its methods stay callable on it)."""
 
     class Node(io.ComfyNode, v1):
         @classmethod
@@ -99,7 +99,7 @@ def v3_node(node_id: str, v1: type) -> type[io.ComfyNode]:
         def execute(cls, **inputs) -> io.NodeOutput:
             hidden = {name: getattr(cls.hidden, io.Hidden(value).name)
                       for name, value in v1.INPUT_TYPES().get("hidden", {}).items()}
-            return node_output(cls, v1, getattr(cls(), v1.FUNCTION)(**inputs, **hidden))
+            return node_output(cls, v1, getattr(v1(), v1.FUNCTION)(**inputs, **hidden))  # cls is locked: no instance
 
     if hasattr(v1, "IS_CHANGED"):
         Node.fingerprint_inputs = classmethod(v1.IS_CHANGED.__func__)

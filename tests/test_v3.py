@@ -73,6 +73,20 @@ def outputs_of(cls) -> dict:
             "description": cls.DESCRIPTION}
 
 
+def run_v3(node, hidden: dict | None = None, **inputs):
+    """Run a V3 node the way ComfyUI's executor does: on a locked clone of its class."""
+    from comfy_api.internal import make_locked_method_func
+
+    return make_locked_method_func(node, node.FUNCTION, node.PREPARE_CLASS_CLONE(hidden or {}))(**inputs)
+
+
+def defaults(node) -> dict:
+    """Every input of a node that has a default, at its default."""
+    spec = node.INPUT_TYPES()
+    return {name: entry[1]["default"] for section in ("required", "optional")
+            for name, entry in spec.get(section, {}).items() if len(entry) > 1 and "default" in entry[1]}
+
+
 # --------------------------------------------------------------------------- in-process
 
 
@@ -151,8 +165,8 @@ def test_v3_node_is_generated_from_any_v1_definition(v3):
                                                     io.Combo.Input, v3.io_type("EXAMPLE_THING").Input]
     assert isinstance(schema.inputs[7], io.Model.Input) and schema.inputs[7].optional
 
-    out = node.PREPARE_CLASS_CLONE({io.Hidden.unique_id: "7"}).EXECUTE_NORMALIZED(
-        count=3, scale=0.5, text="a {}", flag=True, mode="b", thing="circle", linked=1)
+    out = run_v3(node, {io.Hidden.unique_id: "7"}, count=3, scale=0.5, text="a {}", flag=True, mode="b",
+                 thing="circle", linked=1)
     assert out.args == ("3 b a circle", "circle") and out.ui == {"text": ["node 7"]}
     # ComfyUI calls validate_inputs with the inputs its signature names (they skip the built-in range checks)
     validate = first_real_override(node, "validate_inputs")
@@ -171,14 +185,12 @@ def test_v3_execute_trains_and_shows_the_loss_chart_live_and_on_the_node(v3, pac
     comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, **_: updates.append((value, total, preview)))
     try:
         with torch.inference_mode():
-            concepts = pack_nodes["DivergenceUnlearnLoadConceptSet"].PREPARE_CLASS_CLONE({}).EXECUTE_NORMALIZED(
-                text="a red circle -> a red shape", preset="none", file="none").args[0]
-            out = pack_nodes["DivergenceUnlearn"].PREPARE_CLASS_CLONE({}).EXECUTE_NORMALIZED(
-                model=sd15_model, clip=sd15_clip, concepts=concepts, divergence="hellinger", alpha=0.5, sigma=1.0,
-                target_mode="anchor", guidance_eta=1.0, erase_from="", parameter_set="cross_attn_kv", lora_rank=0,
-                steps=20, learning_rate=1e-3, batch_size=1, resolution=32, x_source="anchor_samples",
-                anchor_samples=1, sample_steps=2, preservation_weight=1.0, precision="fp32",
-                gradient_checkpointing=False, seed=0)
+            load = pack_nodes["DivergenceUnlearnLoadConceptSet"]
+            concepts = run_v3(load, **defaults(load) | {"text": "a red circle -> a red shape"}).args[0]
+            node = pack_nodes["DivergenceUnlearn"]
+            out = run_v3(node, **defaults(node) | dict(
+                model=sd15_model, clip=sd15_clip, concepts=concepts, steps=20, learning_rate=1e-3, batch_size=1,
+                resolution=32, anchor_samples=1, sample_steps=2, precision="fp32"))
     finally:
         comfy.utils.set_progress_bar_global_hook(None)
     model, erasure, chart = out.args
