@@ -23,6 +23,7 @@ RENAMED_OPTIONS = {"dynamicPrompts": "dynamic_prompts", "forceInput": "force_inp
 # V1 flag attribute -> io.Schema field
 SCHEMA_FLAGS = {"OUTPUT_NODE": "is_output_node", "INPUT_IS_LIST": "is_input_list", "DEPRECATED": "is_deprecated",
                 "EXPERIMENTAL": "is_experimental", "NOT_IDEMPOTENT": "not_idempotent"}
+# ComfyUI's own socket types by name ("MODEL" -> io.Model); combos and "*" are never a V1 type name here
 BUILTIN_TYPES = {t.io_type: t for t in (getattr(io, name) for name in io.__all__)
                  if isinstance(t, type) and issubclass(t, io.ComfyTypeI) and t.io_type not in ("COMBO", "*")}
 
