@@ -1,4 +1,4 @@
-"""The pack's ComfyUI nodes (classic V1 nodes: they run on 2024 hosts and on current ComfyUI)."""
+"""The pack's ComfyUI nodes, defined once as V1 classes; ``v3.py`` makes V3 nodes of them for hosts with the V3 API."""
 
 from .concept_nodes import LoadConceptSet
 from .erasure_nodes import ApplyErasedUNet, ErasureReport, SaveErasure

@@ -2,38 +2,16 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-import comfy.model_management as mm
-import comfy.utils
-
 from ..unlearn_core.parameters import PARAMETER_SETS
-from ..unlearn_core.plot import line_chart
 from ..unlearn_core.targets import TARGET_MODES
-from ..unlearn_core.trainer import PRECISIONS, EraseConfig, Eraser, StepInfo, divergence_names
+from ..unlearn_core.trainer import PRECISIONS, EraseConfig, Eraser, divergence_names
 from .comfy_adapter import ComfyDenoiser, apply_erasure, training_compatible
 from .images import to_image_tensor
+from .progress import TrainingProgress, loss_chart
 
 X_SOURCES = ["anchor_samples", "trajectory", "latents"]
-
-
-class _Progress:
-    """ComfyUI progress bar per phase, loss in the console, and the Cancel button checked every step."""
-
-    def __init__(self, log_every: int = 10):
-        self.bars: dict[str, comfy.utils.ProgressBar] = {}
-        self.log_every = log_every
-
-    def __call__(self, info: StepInfo) -> None:
-        mm.throw_exception_if_processing_interrupted()
-        bar = self.bars.setdefault(info.phase, comfy.utils.ProgressBar(info.total))
-        bar.update_absolute(info.step, info.total)
-        if info.phase == "training" and (info.step % self.log_every == 0 or info.step in (1, info.total)):
-            keep = f" keep S {info.keep_s:.3g}" if math.isfinite(info.keep_s) else ""
-            print(f"[Divergence Unlearn] step {info.step}/{info.total} loss {info.loss:.5g} "
-                  f"S {info.mean_s:.3g}{keep} |grad| {info.grad_norm:.3g}")
 
 
 class DivergenceUnlearn:
@@ -124,17 +102,15 @@ class DivergenceUnlearn:
             with torch.inference_mode(False):
                 user_latents = model.model.process_latent_in(latents["samples"].clone().float())
         denoiser = ComfyDenoiser(model, clip)
+        progress = TrainingProgress(f"{divergence} erasure")
         try:
             with torch.inference_mode(False), torch.enable_grad():
-                eraser = Eraser(denoiser, concepts, config, user_latents, callback=_Progress())
+                eraser = Eraser(denoiser, concepts, config, user_latents, callback=progress)
                 probe = denoiser.encode_prompts([""], (resolution, resolution))
                 with training_compatible(denoiser, probe):
                     erasure = eraser.run()
         finally:
             denoiser.release()
         print(f"[Divergence Unlearn] done: {steps} steps in {erasure.metadata['seconds']:.1f} s")
-        history = erasure.metadata["history"]
-        chart = line_chart({"loss": [h[1] for h in history], "S (target vs frozen target)": [h[2] for h in history],
-                            "gradient norm": [h[4] for h in history]},
-                           f"{divergence} erasure, {steps} steps, {erasure.metadata['seconds']:.1f} s")
+        chart = loss_chart(progress.history, f"{divergence} erasure, {steps} steps, {erasure.metadata['seconds']:.1f} s")
         return (apply_erasure(model, erasure, 1.0), erasure, to_image_tensor(chart))

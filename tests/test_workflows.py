@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from workflow_format import API_WORKFLOWS, WORKFLOWS, ui_to_api
+from workflow_format import API_WORKFLOWS, WORKFLOWS, input_spec, ui_to_api
 
 API_FILES = sorted(API_WORKFLOWS.glob("*.json"))
 
@@ -32,6 +32,6 @@ def test_api_workflow_uses_known_nodes_and_valid_choices(comfy, api_file):
         for name in cls.INPUT_TYPES()["required"]:
             assert name in node["inputs"], f"node {nid} misses required input {name}"
         for name, value in node["inputs"].items():
-            kind = spec[name][0]
+            kind = input_spec(spec[name])[0]
             if isinstance(kind, list) and not isinstance(value, list) and name not in ("ckpt_name", "erasure_file"):
                 assert value in kind, f"node {nid}: {name}={value!r} is not one of {kind}"

@@ -22,14 +22,17 @@ WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 API_WORKFLOWS = WORKFLOWS / "api"
 
 
+def input_spec(value: tuple) -> tuple[object, dict]:
+    """(type name or combo choices, options) of an ``INPUT_TYPES`` entry; V3 nodes write a combo as
+    ``("COMBO", {"options": choices, ...})``, V1 nodes as ``(choices, {...})``."""
+    kind, options = value[0], (value[1] if len(value) > 1 else {})
+    return (options["options"], options) if kind == "COMBO" else (kind, options)
+
+
 def _inputs(node_cls) -> list[tuple[str, object, dict]]:
     spec = node_cls.INPUT_TYPES()
-    out = []
-    for section in ("required", "optional"):
-        for name, value in spec.get(section, {}).items():
-            options = value[1] if len(value) > 1 else {}
-            out.append((name, value[0], options))
-    return out
+    return [(name, *input_spec(value)) for section in ("required", "optional")
+            for name, value in spec.get(section, {}).items()]
 
 
 def _is_widget(kind, options: dict) -> bool:
