@@ -31,6 +31,12 @@ SDXL_TINY = dict(image_size=32, use_checkpoint=False, use_spatial_transformer=Tr
                  transformer_depth_middle=2, context_dim=2048, use_linear_in_transformer=True, adm_in_channels=2816, num_classes="sequential",
                  use_temporal_attention=False)
 
+# the released models' UNet configurations, as ComfyUI's model detection reads them from a checkpoint
+SD15_FULL = dict(SD15_TINY, num_res_blocks=[2, 2, 2, 2], channel_mult=[1, 2, 4, 4], num_heads=8,
+                 transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0])
+SDXL_FULL = dict(SDXL_TINY, channel_mult=[1, 2, 4], num_head_channels=64, transformer_depth=[0, 0, 2, 2, 10, 10],
+                 transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], transformer_depth_middle=10)
+
 
 @torch.no_grad()
 def init_weights(module: torch.nn.Module, seed: int = 0) -> None:
