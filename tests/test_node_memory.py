@@ -132,3 +132,28 @@ def test_full_size_model_view_shares_every_weight_and_deltas_cover_only_trained_
         assert delta_bytes == 2 * trained_bytes and trained_bytes < 0.2 * size  # K/V: 9 % (SD1.5), 13 % (SDXL)
     finally:
         denoiser.release()
+
+
+def test_gradient_checkpointing_wraps_the_host_unets_layers(pack_nodes, sd15_model, sd15_clip):
+    from unlearn_core.injection import checkpointed
+
+    adapter = next(m for n, m in sys.modules.items() if n.endswith(".nodes.comfy_adapter"))
+    with torch.inference_mode():
+        denoiser = adapter.ComfyDenoiser(sd15_model, sd15_clip)
+
+    def saved_bytes(blocks: list[str]) -> int:
+        total = []
+        with torch.inference_mode(False), torch.enable_grad(), adapter.training_compatible():
+            cond = denoiser.encode_prompts(["a red circle"], (128, 128))
+            x = torch.randn(1, 4, 16, 16, requires_grad=True)
+            with checkpointed(denoiser.net, blocks), torch.autograd.graph.saved_tensors_hooks(
+                    lambda t: total.append(t.numel() * t.element_size()) or t, lambda t: t):
+                denoiser(x, torch.tensor([500]), cond).square().mean().backward()
+        assert x.grad is not None and torch.isfinite(x.grad).all()
+        return sum(total)
+
+    try:
+        plain, ckpt = saved_bytes([]), saved_bytes(denoiser.checkpoint_blocks())
+    finally:
+        denoiser.release()
+    assert ckpt < 0.5 * plain, f"activations saved for backward: {ckpt} bytes with checkpointing, {plain} without"
