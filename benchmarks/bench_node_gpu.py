@@ -149,6 +149,16 @@ def clip_tensors(clip) -> list:
     return list(model()) if model else []
 
 
+def cached_file(args, name: str, write) -> Path:
+    """The random-weight model file ``name`` in ``--models-dir``, written once for every host of the run."""
+    path = args.models_dir / f"bench_{name}{'_tiny' if args.tiny else ''}.safetensors"
+    if not path.exists():
+        partial = path.with_suffix(".partial")
+        write(partial)
+        partial.rename(path)
+    return path
+
+
 def worker(args) -> None:
     import torch
 
@@ -162,16 +172,18 @@ def worker(args) -> None:
     root = prepare_host(work)
     nodes_module = load_inprocess(root, cpu=not cuda)
     pack = {k: v for k, v in nodes_module.NODE_CLASS_MAPPINGS.items() if k.startswith("DivergenceUnlearn")}
-    full, build_on = not args.tiny, ("cuda" if cuda else "cpu")
     started = time.perf_counter()
-    write_sd15_checkpoint(root / "models" / "checkpoints" / "bench_sd15.safetensors", full=full, device=build_on)
-    models = {}
+    sd15 = cached_file(args, "sd15", lambda path: write_sd15_checkpoint(path, full=not args.tiny, device=args.device))
+    (root / "models" / "checkpoints" / "bench_sd15.safetensors").symlink_to(sd15)
     if "sdxl" in args.models:
+        sdxl = cached_file(args, "sdxl", lambda path: write_unet_file(path, "SDXL", full=not args.tiny,
+                                                                      device=args.device))
         (root / "models" / "unet").mkdir(parents=True, exist_ok=True)
-        write_unet_file(root / "models" / "unet" / "bench_sdxl.safetensors", "SDXL", full=full, device=build_on)
+        (root / "models" / "unet" / "bench_sdxl.safetensors").symlink_to(sdxl)
     if cuda:
         torch.cuda.empty_cache()
     setup_s = time.perf_counter() - started
+    models = {}
     sd15_model, sd15_clip = call_node(nodes_module, "CheckpointLoaderSimple", ckpt_name="bench_sd15.safetensors")[:2]
     models["sd15"] = (sd15_model, sd15_clip)
     if "sdxl" in args.models:
@@ -221,19 +233,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="tiny models and runs (the CPU smoke run)")
     parser.add_argument("--model", action="append", dest="models", choices=["sd15", "sdxl"])
     parser.add_argument("--out", type=Path, help="write the tables here (and the raw numbers beside, .json)")
+    parser.add_argument("--models-dir", type=Path, help="where the random-weight model files are written once "
+                        "(default: a temporary folder, removed at the end)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.models = args.models or ["sd15", "sdxl"]
     if args.worker:
         worker(args)
         return 0
+    if args.models_dir is None:
+        with tempfile.TemporaryDirectory(prefix="bench-node-models-") as folder:
+            return main([*(argv if argv is not None else sys.argv[1:]), "--models-dir", folder])
     hosts = args.host or (["2024"] + ([os.environ["COMFYUI_PATH"]] if os.environ.get("COMFYUI_PATH") else []))
     results = []
     for host in hosts:
         env = {k: v for k, v in os.environ.items() if k != "COMFYUI_PATH"}
         if host != "2024":
             env["COMFYUI_PATH"] = str(Path(host).resolve())
-        command = [sys.executable, __file__, "--worker", "--device", args.device]
+        command = [sys.executable, __file__, "--worker", "--device", args.device, "--models-dir", str(args.models_dir)]
         command += ["--tiny"] * args.tiny + [a for m in args.models for a in ("--model", m)]
         done = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True)
         found = [line[7:] for line in done.stdout.splitlines() if line.startswith("RESULT ")]
@@ -242,10 +259,10 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"the run on host {host} failed (exit {done.returncode}); its log is above")
         results.append(json.loads(found[-1]))
         print(table(results[-1]), flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(table(r) for r in results))
-        args.out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+        if args.out:  # after each host, so that a run stopped later keeps the finished tables
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text("\n".join(table(r) for r in results))
+            args.out.with_suffix(".json").write_text(json.dumps(results, indent=1))
     return 0
 
 
