@@ -173,8 +173,10 @@ def worker(args) -> None:
     nodes_module = load_inprocess(root, cpu=not cuda)
     pack = {k: v for k, v in nodes_module.NODE_CLASS_MAPPINGS.items() if k.startswith("DivergenceUnlearn")}
     started = time.perf_counter()
-    sd15 = cached_file(args, "sd15", lambda path: write_sd15_checkpoint(path, full=not args.tiny, device=args.device))
-    (root / "models" / "checkpoints" / "bench_sd15.safetensors").symlink_to(sd15)
+    if "sd15" in args.models:
+        sd15 = cached_file(args, "sd15", lambda path: write_sd15_checkpoint(path, full=not args.tiny,
+                                                                            device=args.device))
+        (root / "models" / "checkpoints" / "bench_sd15.safetensors").symlink_to(sd15)
     if "sdxl" in args.models:
         sdxl = cached_file(args, "sdxl", lambda path: write_unet_file(path, "SDXL", full=not args.tiny,
                                                                       device=args.device))
@@ -184,8 +186,8 @@ def worker(args) -> None:
         torch.cuda.empty_cache()
     setup_s = time.perf_counter() - started
     models = {}
-    sd15_model, sd15_clip = call_node(nodes_module, "CheckpointLoaderSimple", ckpt_name="bench_sd15.safetensors")[:2]
-    models["sd15"] = (sd15_model, sd15_clip)
+    if "sd15" in args.models:
+        models["sd15"] = call_node(nodes_module, "CheckpointLoaderSimple", ckpt_name="bench_sd15.safetensors")[:2]
     if "sdxl" in args.models:
         sdxl = call_node(nodes_module, "UNETLoader", unet_name="bench_sdxl.safetensors", weight_dtype="default")[0]
         models["sdxl"] = (sdxl, StandInSDXLClip())
