@@ -83,30 +83,34 @@ def cuda_bytes(tensors) -> int:
 
 
 class StepClock:
-    """Times the optimiser steps of the erasure (the optimiser with the most tensors) and what is alive then."""
+    """Times every optimiser's steps and notes what is alive at its first step; the erasure's is the largest."""
 
     def __init__(self, cuda: bool):
         import torch
         from torch.optim.optimizer import register_optimizer_step_post_hook
 
-        self.torch, self.cuda, self.times, self.at_first_step = torch, cuda, [], None
+        self.torch, self.cuda = torch, cuda
+        self.runs: dict[int, dict] = {}  # id(optimizer) -> tensors, step times, memory at the first step
         self.handle = register_optimizer_step_post_hook(self._after_step)
 
     def _after_step(self, optimizer, args, kwargs) -> None:
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        if len(params) < 4:  # the variational critic's optimiser
-            return
         if self.cuda:
             self.torch.cuda.synchronize()
-        self.times.append(time.perf_counter())
-        if self.at_first_step is None and self.cuda:
-            state = [t for s in optimizer.state.values() for t in s.values() if isinstance(t, self.torch.Tensor)]
-            grads = [p.grad for p in params if p.grad is not None]
-            self.at_first_step = {"allocated": self.torch.cuda.memory_allocated(),
-                                  "trained": cuda_bytes(params + grads + state)}
+        run = self.runs.setdefault(id(optimizer), {"times": [], "first": None})
+        run["times"].append(time.perf_counter())
+        if run["first"] is None:
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            run["tensors"] = sum(p.numel() for p in params)
+            if self.cuda:
+                state = [t for s in optimizer.state.values() for t in s.values() if isinstance(t, self.torch.Tensor)]
+                grads = [p.grad for p in params if p.grad is not None]
+                run["first"] = {"allocated": self.torch.cuda.memory_allocated(),
+                                "trained": cuda_bytes(params + grads + state)}
 
-    def close(self) -> None:
+    def erasure(self) -> dict:
+        """The erasure optimiser's record (the variational critic's optimiser is the smaller one)."""
         self.handle.remove()
+        return max(self.runs.values(), key=lambda run: run["tensors"], default={"times": [], "first": None})
 
 
 def run_variant(nodes_module, pack, model, clip, label: str, overrides: dict, tiny: bool, cuda: bool) -> dict:
@@ -123,11 +127,12 @@ def run_variant(nodes_module, pack, model, clip, label: str, overrides: dict, ti
     try:
         outputs = call_node(nodes_module, "DivergenceUnlearn", model=model, clip=clip, concepts=concepts, **widgets)
     finally:
-        clock.close()
+        record = clock.erasure()
     wall = time.perf_counter() - started
-    steps = len(clock.times)
+    times = record["times"]
+    steps = len(times)
     row = {"run": label, "steps": steps, "node_s": round(wall, 2),
-           "s_per_step": round((clock.times[-1] - clock.times[0]) / (steps - 1), 4) if steps > 1 else None,
+           "s_per_step": round((times[-1] - times[0]) / (steps - 1), 4) if steps > 1 else None,
            "precision": widgets.get("precision"), "resolution": widgets.get("resolution"),
            "batch": widgets.get("batch_size")}
     del outputs
@@ -136,7 +141,7 @@ def run_variant(nodes_module, pack, model, clip, label: str, overrides: dict, ti
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
         weights = cuda_bytes(list(model.model.diffusion_model.parameters()) + clip_tensors(clip))
-        first = clock.at_first_step or {"allocated": 0, "trained": 0}
+        first = record["first"]
         other = first["allocated"] - weights - first["trained"]
         row.update(peak_gib=peak / GIB, after_gib=torch.cuda.memory_allocated() / GIB, weights_gib=weights / GIB,
                    trained_gib=first["trained"] / GIB, other_kept_gib=other / GIB,
