@@ -1,8 +1,9 @@
 """ComfyUI's MODEL and CLIP as an ``unlearn_core`` :class:`Denoiser`, plus the host-specific glue.
 
 ComfyUI runs every node under ``torch.inference_mode()``: its weights and CLIP outputs are inference
-tensors that autograd cannot save. So training works on a private copy of the diffusion network made
-outside inference mode (ordinary tensors, the host's upstream LoRAs already applied), and the
+tensors that autograd cannot save. So training works on a private view of the diffusion network made
+outside inference mode: the same modules' structure, with ordinary tensors that share the host's
+weight memory (its upstream LoRAs already applied, its dtype kept), so no weight is copied, and the
 host's own model is only read. ComfyUI before 0.3.41 also adds in place inside its transformer
 blocks, which breaks backward: :func:`training_compatible` swaps in an out-of-place block forward
 for the duration of a run on such hosts only.
@@ -12,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import math
+import re
 
 import torch
 from torch import Tensor
@@ -21,7 +24,6 @@ import comfy.model_management as mm
 
 from ..unlearn_core.denoiser import Conditioning, Denoiser
 from ..unlearn_core.erasure import Erasure, fingerprint
-from ..unlearn_core.injection import DeltaInjection
 
 SUPPORTED_PREDICTIONS = {"EPS": "epsilon", "V_PREDICTION": "v_prediction"}
 
@@ -53,20 +55,19 @@ class ComfyDenoiser(Denoiser):
         # a bound method, not the module: the host's model must not become a submodule of ours
         self._encode_adm = base.encode_adm if (getattr(base, "adm_channels", 0) or 0) > 0 else None
         self.clip = clip
-        device = mm.get_torch_device()
         mm.load_models_gpu([patcher])  # applies upstream patches (LoRAs, other erasures) to the live weights
-        with torch.inference_mode(False), torch.enable_grad():
-            self.net = copy.deepcopy(base.diffusion_model).to(device)
-        self.net.requires_grad_(False)
-        mm.unload_all_models()  # training needs the memory; the host reloads its model when it samples
+        self.net = shared_weights_view(base.diffusion_model)  # the host keeps its model loaded: one copy
 
     def forward(self, x_t: Tensor, timesteps: Tensor, cond: Conditioning) -> Tensor:
         extra = {"y": cond["y"]} if "y" in cond else {}
         return self.net(x_t, timesteps.float(), context=cond["context"], **extra)
 
     def checkpoint_blocks(self) -> list[str]:
-        return ([f"input_blocks.{i}" for i in range(len(self.net.input_blocks))] + ["middle_block"]
-                + [f"output_blocks.{i}" for i in range(len(self.net.output_blocks))])
+        # the host's UNet calls the layers inside each block one by one (forward_timestep_embed), never
+        # the block's own forward: so the layers are what gradient checkpointing wraps
+        blocks = ([f"input_blocks.{i}" for i in range(len(self.net.input_blocks))] + ["middle_block"]
+                  + [f"output_blocks.{i}" for i in range(len(self.net.output_blocks))])
+        return [f"{block}.{j}" for block in blocks for j in range(len(self.net.get_submodule(block)))]
 
     def encode_prompts(self, prompts: list[str], size: tuple[int, int]) -> Conditioning:
         contexts, ys = [], []
@@ -89,9 +90,27 @@ class ComfyDenoiser(Denoiser):
         return out
 
     def release(self) -> None:
-        """Free the private copy (training done or cancelled)."""
+        """Drop the view of the host's weights (training done or cancelled)."""
         self.net = None
         mm.soft_empty_cache()
+
+
+def ordinary_alias(tensor: Tensor) -> Tensor:
+    """An ordinary (non-inference) tensor viewing ``tensor``'s memory: autograd can save it, nothing is copied."""
+    with torch.inference_mode(False):
+        alias = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
+        return alias.set_(tensor.untyped_storage(), tensor.storage_offset(), tensor.size(), tensor.stride())
+
+
+def shared_weights_view(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module``'s structure whose frozen parameters and buffers alias the original's memory."""
+    memo = {}
+    with torch.inference_mode(False):
+        for tensor in itertools.chain(module.parameters(), module.buffers()):
+            alias = ordinary_alias(tensor.detach())
+            memo[id(tensor)] = torch.nn.Parameter(alias, requires_grad=False) if isinstance(
+                tensor, torch.nn.Parameter) else alias
+        return copy.deepcopy(module, memo)
 
 
 def _equal_length_cat(contexts: list[Tensor]) -> Tensor:
@@ -103,6 +122,23 @@ def _equal_length_cat(contexts: list[Tensor]) -> Tensor:
 # --------------------------------------------------------------------------- old-host compatibility
 
 
+FIRST_OUT_OF_PLACE_HOST = (0, 3, 41)  # ComfyUI 520eb77b: transformer blocks stopped adding in place
+
+
+def host_version() -> tuple[int, ...] | None:
+    """This ComfyUI's version, or None before 0.3.10 (which has no ``comfyui_version`` module)."""
+    try:
+        import comfyui_version
+    except ImportError:
+        return None
+    return tuple(int(part) for part in re.findall(r"\d+", comfyui_version.__version__)[:3])
+
+
+def adds_in_place(version: tuple[int, ...] | None) -> bool:
+    """Whether a host of this version adds in place inside its transformer blocks (which breaks backward)."""
+    return version is None or version < FIRST_OUT_OF_PLACE_HOST
+
+
 def _out_of_place_forward(self, x, context=None, transformer_options={}):
     """SD1.x/SDXL transformer block without in-place adds (for hosts before ComfyUI 0.3.41)."""
     x = self.attn1(self.norm1(x), context=context if self.disable_self_attn else None) + x
@@ -110,39 +146,20 @@ def _out_of_place_forward(self, x, context=None, transformer_options={}):
     return self.ff(self.norm3(x)) + x
 
 
-def _backward_works(net: torch.nn.Module, denoiser: Denoiser, cond: Conditioning) -> bool:
-    """Try one tiny forward/backward with a trainable cross-attention weight."""
-    name = next(n for n, _ in net.named_parameters() if ".attn2.to_k." in n)
-    weight = dict(net.named_parameters())[name]
-    delta = torch.zeros_like(weight, requires_grad=True)
-    x = torch.zeros(1, denoiser.latent_channels, 8, 8, device=weight.device, dtype=weight.dtype)
-    t = torch.zeros(1, device=weight.device)
-    small = {k: v[:1] for k, v in cond.items()}
-    try:
-        with DeltaInjection(net, [name], lambda _: delta):
-            denoiser(x, t, small).float().square().mean().backward()
-        return True
-    except RuntimeError as e:
-        if "inplace operation" in str(e):
-            return False
-        raise
-
-
 @contextlib.contextmanager
-def training_compatible(denoiser: ComfyDenoiser, cond: Conditioning):
+def training_compatible():
     """Make backward work on this host for the duration of the block (a no-op on hosts >= 0.3.41)."""
+    if not adds_in_place(host_version()):
+        yield
+        return
     from comfy.ldm.modules.attention import BasicTransformerBlock
 
-    with torch.inference_mode(False), torch.enable_grad():
-        if _backward_works(denoiser.net, denoiser, cond):
-            yield
-            return
-        original = BasicTransformerBlock._forward
-        BasicTransformerBlock._forward = _out_of_place_forward
-        try:
-            yield
-        finally:
-            BasicTransformerBlock._forward = original
+    original = BasicTransformerBlock._forward
+    BasicTransformerBlock._forward = _out_of_place_forward
+    try:
+        yield
+    finally:
+        BasicTransformerBlock._forward = original
 
 
 # --------------------------------------------------------------------------- erasure <-> MODEL

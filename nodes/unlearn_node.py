@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import traceback
+
 import torch
 
 from ..unlearn_core.parameters import PARAMETER_SETS
 from ..unlearn_core.targets import TARGET_MODES
-from ..unlearn_core.trainer import PRECISIONS, EraseConfig, Eraser, divergence_names
+from ..unlearn_core.trainer import LEGACY_PRECISIONS, PRECISIONS, EraseConfig, Eraser, divergence_names
 from .comfy_adapter import ComfyDenoiser, apply_erasure, training_compatible
 from .images import to_image_tensor
 from .progress import TrainingProgress, loss_chart
@@ -74,9 +76,11 @@ class DivergenceUnlearn:
                                          "tooltip": "Sampler steps for those samples."}),
                 "preservation_weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.1,
                                                   "tooltip": "Weight of the keep prompts' loss."}),
-                "precision": (list(PRECISIONS), {"default": "bf16",
-                              "tooltip": "Autocast precision on GPU (trained tensors stay fp32; fp16 adds loss "
-                                         "scaling); CPU always uses fp32."}),
+                "precision": (list(PRECISIONS), {"default": "auto", "tooltip":
+                              "auto: the fastest of the others for this model (model_dtype for fp16/bf16 "
+                              "models); model_dtype: compute in the model's own dtype, no casts; autocast_bf16 / "
+                              "autocast_fp16: cast weights and activations every forward (fp16 adds loss "
+                              "scaling). The trained updates are always fp32; CPU runs use the model's dtype."}),
                 "gradient_checkpointing": ("BOOLEAN", {"default": False, "tooltip":
                                            "Recompute activations in backward: less GPU memory, slower steps."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Same seed, same erasure."}),
@@ -85,6 +89,13 @@ class DivergenceUnlearn:
                 "latents": ("LATENT", {"tooltip": "Your own images of the concept (x_source = latents)."}),
             },
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, precision):
+        """Accept the precision names of saved workflows (fp32, bf16, fp16) besides the listed ones."""
+        if precision in PRECISIONS or precision in LEGACY_PRECISIONS:
+            return True
+        return f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}"
 
     def unlearn(self, model, clip, concepts, divergence, alpha, sigma, target_mode, guidance_eta, erase_from,
                 parameter_set, lora_rank, steps, learning_rate, batch_size, resolution, x_source, anchor_samples, sample_steps,
@@ -101,16 +112,22 @@ class DivergenceUnlearn:
         if latents is not None:
             with torch.inference_mode(False):
                 user_latents = model.model.process_latent_in(latents["samples"].clone().float())
-        denoiser = ComfyDenoiser(model, clip)
         progress = TrainingProgress(f"{divergence} erasure")
         try:
-            with torch.inference_mode(False), torch.enable_grad():
-                eraser = Eraser(denoiser, concepts, config, user_latents, callback=progress)
-                probe = denoiser.encode_prompts([""], (resolution, resolution))
-                with training_compatible(denoiser, probe):
-                    erasure = eraser.run()
-        finally:
-            denoiser.release()
+            erasure = _erase(model, clip, concepts, config, user_latents, progress)
+        except BaseException as error:  # Cancel too: the host keeps the error, so free the frames' tensors now
+            traceback.clear_frames(error.__traceback__)
+            raise
         print(f"[Divergence Unlearn] done: {steps} steps in {erasure.metadata['seconds']:.1f} s")
         chart = loss_chart(progress.history, f"{divergence} erasure, {steps} steps, {erasure.metadata['seconds']:.1f} s")
         return (apply_erasure(model, erasure, 1.0), erasure, to_image_tensor(chart))
+
+
+def _erase(model, clip, concepts, config: EraseConfig, user_latents, progress: TrainingProgress):
+    """Train the erasure on a view of the host's model (its weights shared, never copied)."""
+    denoiser = ComfyDenoiser(model, clip)
+    try:
+        with torch.inference_mode(False), torch.enable_grad(), training_compatible():
+            return Eraser(denoiser, concepts, config, user_latents, callback=progress).run()
+    finally:
+        denoiser.release()

@@ -15,15 +15,16 @@ __all__ = ["ComfyServer", "host_label", "load_inprocess", "prepare_host", "repor
 # --------------------------------------------------------------------------- in-process
 
 
-def load_inprocess(root: Path):
+def load_inprocess(root: Path, cpu: bool = True):
     """Import the host's modules from ``root`` and load this pack through ComfyUI's own loader.
 
     Returns ComfyUI's ``nodes`` module; the pack's nodes are in ``nodes.NODE_CLASS_MAPPINGS``.
+    ``cpu=False`` lets the host use its GPU, as ComfyUI started without ``--cpu`` does.
     """
     sys.path.insert(0, str(root))
     import comfy.cli_args
 
-    comfy.cli_args.args.cpu = True
+    comfy.cli_args.args.cpu = cpu
     import comfy.model_management  # noqa: F401  (reads args.cpu at import)
     import nodes
 

@@ -31,37 +31,49 @@ SDXL_TINY = dict(image_size=32, use_checkpoint=False, use_spatial_transformer=Tr
                  transformer_depth_middle=2, context_dim=2048, use_linear_in_transformer=True, adm_in_channels=2816, num_classes="sequential",
                  use_temporal_attention=False)
 
+# the released models' UNet configurations, as ComfyUI's model detection reads them from a checkpoint
+SD15_FULL = dict(SD15_TINY, num_res_blocks=[2, 2, 2, 2], channel_mult=[1, 2, 4, 4], num_heads=8,
+                 transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0])
+SDXL_FULL = dict(SDXL_TINY, channel_mult=[1, 2, 4], num_head_channels=64, transformer_depth=[0, 0, 2, 2, 10, 10],
+                 transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], transformer_depth_middle=10)
+
 
 @torch.no_grad()
 def init_weights(module: torch.nn.Module, seed: int = 0) -> None:
     """Norm scales 1, biases 0, every other tensor normal / sqrt(fan_in) (deterministic for ``seed``)."""
-    gen = torch.Generator().manual_seed(seed)
+    device = next(module.parameters()).device
+    gen = torch.Generator(device).manual_seed(seed)
     for name, p in module.named_parameters():
         if name.endswith("bias"):
             p.zero_()
         elif p.dim() == 1:
             p.fill_(1.0)
         else:
-            p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(math.prod(p.shape[1:])))
+            p.copy_(torch.randn(p.shape, generator=gen, device=device) / math.sqrt(math.prod(p.shape[1:])))
 
 
-def build_unet(family: str = "SD15", seed: int = 0, model_channels: int = 320, v_prediction: bool = False):
+def build_unet(family: str = "SD15", seed: int = 0, model_channels: int = 320, v_prediction: bool = False,
+               full: bool = False, device: str = "cpu"):
     """A ComfyUI BaseModel of the given family class (from comfy.supported_models) with tiny weights.
 
     ``model_channels`` 320 is what file detection needs; in-process tests use fewer for speed.
     ``v_prediction`` builds the same network as a v-prediction model (as SD2.x-768 is).
+    ``full`` builds the released model's size instead (random weights, made on ``device``).
     """
     import comfy.model_base
     import comfy.supported_models as sm
 
     config_cls = getattr(sm, family)
-    unet_config = dict(SDXL_TINY if family in ("SDXL", "Segmind_Vega") else SD15_TINY, model_channels=model_channels)
+    sdxl = family in ("SDXL", "Segmind_Vega")
+    unet_config = (dict(SDXL_FULL if sdxl else SD15_FULL) if full
+                   else dict(SDXL_TINY if sdxl else SD15_TINY, model_channels=model_channels))
     config = config_cls(unet_config)
     config.set_inference_dtype(torch.float32, None)
-    if v_prediction:
-        model = comfy.model_base.BaseModel(config, model_type=comfy.model_base.ModelType.V_PREDICTION)
-    else:
-        model = config.get_model({}, "")
+    with torch.device(device):
+        if v_prediction:
+            model = comfy.model_base.BaseModel(config, model_type=comfy.model_base.ModelType.V_PREDICTION)
+        else:
+            model = config.get_model({}, "")
     init_weights(model.diffusion_model, seed)
     return model
 
@@ -118,11 +130,19 @@ def clip_l_state_dict(seed: int = 0, prefix: str = "cond_stage_model.transformer
     return sd
 
 
-def write_sd15_checkpoint(path: Path, seed: int = 0, with_clip: bool = True) -> Path:
-    """A tiny SD15-detected checkpoint (UNet, optionally the random CLIP-L) that CheckpointLoaderSimple loads."""
-    model = build_unet("SD15", seed)
-    sd = {"model.diffusion_model." + k: v.half() for k, v in model.diffusion_model.state_dict().items()}
+def write_sd15_checkpoint(path: Path, seed: int = 0, with_clip: bool = True, full: bool = False,
+                          device: str = "cpu") -> Path:
+    """A tiny (or ``full``-size) SD15 checkpoint (UNet, optionally the random CLIP-L) that CheckpointLoaderSimple loads."""
+    model = build_unet("SD15", seed, full=full, device=device)
+    sd = {"model.diffusion_model." + k: v.half().cpu() for k, v in model.diffusion_model.state_dict().items()}
     if with_clip:
         sd.update({k: v.contiguous() for k, v in clip_l_state_dict(seed).items()})
     save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    return path
+
+
+def write_unet_file(path: Path, family: str = "SDXL", seed: int = 0, full: bool = False, device: str = "cpu") -> Path:
+    """A UNet-only fp16 file (the host's own key names) that the stock UNETLoader loads from models/unet."""
+    model = build_unet(family, seed, full=full, device=device)
+    save_file({k: v.half().cpu().contiguous() for k, v in model.diffusion_model.state_dict().items()}, str(path))
     return path

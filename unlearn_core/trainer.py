@@ -42,7 +42,18 @@ from .samples import build_pool
 from .targets import TARGET_MODES, PromptBank
 
 VARIATIONAL_PREFIX = "variational_"
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# precision option -> autocast dtype on CUDA (None: compute in the frozen weights' own dtype); see resolve_precision
+PRECISIONS = {"auto": None, "model_dtype": None, "autocast_bf16": torch.bfloat16, "autocast_fp16": torch.float16}
+LEGACY_PRECISIONS = {"fp32": "model_dtype", "bf16": "autocast_bf16", "fp16": "autocast_fp16"}  # saved workflows
+
+
+def resolve_precision(precision: str, weight_dtype: torch.dtype, device: torch.device) -> str:
+    """The option ``precision`` stands for: ``auto`` = the weights' own dtype, bf16 autocast over fp32 weights on CUDA."""
+    precision = LEGACY_PRECISIONS.get(precision, precision)
+    if precision != "auto":
+        return precision
+    fp32_on_cuda = weight_dtype == torch.float32 and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return "autocast_bf16" if fp32_on_cuda else "model_dtype"
 
 
 def divergence_names() -> list[str]:
@@ -75,7 +86,7 @@ class EraseConfig:
     timestep_sampling: str = "uniform"
     preservation_weight: float = 1.0
     seed: int = 0
-    precision: str = "fp32"  # autocast dtype on GPU: fp32, bf16 or fp16 (master weights stay fp32)
+    precision: str = "auto"  # see PRECISIONS; the trained deltas are always fp32
     gradient_checkpointing: bool = False  # recompute the network's blocks in backward: less memory, ~30% slower
     critic_lr: float = 1e-4
     critic_warmup: int = 30
@@ -100,7 +111,7 @@ class ErasureDiverged(RuntimeError):
 def _check_config(config: EraseConfig) -> None:
     if config.target_mode not in TARGET_MODES:
         raise ValueError(f"unknown target mode {config.target_mode!r}; choose one of {', '.join(TARGET_MODES)}")
-    if config.precision not in PRECISIONS:
+    if config.precision not in PRECISIONS and config.precision not in LEGACY_PRECISIONS:
         raise ValueError(f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}")
     if config.timestep_weight not in ("none", "kl"):
         raise ValueError("timestep_weight must be 'none' or 'kl'")
@@ -137,20 +148,22 @@ class Eraser:
             raise ValueError("the concept set has nothing to erase: add a line like `Van Gogh -> a painting`")
         self.device = denoiser.device
         self.dtype = denoiser.dtype
+        self.precision = resolve_precision(config.precision, self.dtype, self.device)
         self._injection: DeltaInjection | None = None
         self.generator = torch.Generator().manual_seed(config.seed)
 
     # ------------------------------------------------------------------ forwards
 
     def _autocast(self):
-        dtype = PRECISIONS[self.config.precision]
+        dtype = PRECISIONS[self.precision]
         if dtype is None or self.device.type != "cuda":
             return contextlib.nullcontext()
         return torch.autocast("cuda", dtype=dtype)
 
     def _grad_scaler(self) -> torch.amp.GradScaler:
-        """Loss scaling for fp16 autocast; disabled (a pass-through) for bf16, fp32 and CPU runs."""
-        fp16 = self.config.precision == "fp16" and self.device.type == "cuda"
+        """Loss scaling when the network computes in fp16 on CUDA; a pass-through otherwise."""
+        fp16 = self.device.type == "cuda" and (
+            self.precision == "autocast_fp16" or (self.precision == "model_dtype" and self.dtype == torch.float16))
         return torch.amp.GradScaler("cuda", enabled=fp16)
 
     def _net_call(self, frozen: bool, x: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
