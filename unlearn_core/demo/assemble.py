@@ -48,5 +48,13 @@ def write_checkpoint(out: str | os.PathLike, folder: Path = WEIGHTS) -> Path:
     save_file(checkpoint_state_dict(folder), str(tmp),
               metadata={"modelspec.title": "Divergence Unlearn demo (procedural shapes)",
                         "modelspec.architecture": "stable-diffusion-v1", "divergence_unlearn.demo": "1"})
+    os.chmod(tmp, umask_mode())  # safetensors creates it 0600: a ComfyUI running as another user could not read it
     os.replace(tmp, path)
     return path
+
+
+def umask_mode() -> int:
+    """The mode open() gives a new file: 0o666 without the process umask's bits."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
