@@ -237,3 +237,10 @@ def test_a_failing_node_raises_its_message_and_progress_streams_while_it_runs(se
         server.run(prompt, timeout=600, on_event=lambda kind, data: None)
     assert "(DivergenceUnlearnLoadConceptSet) failed:" in str(info.value)
     assert "no_such_preset_h14" in str(info.value)
+
+
+def test_the_registry_icon_is_the_shipped_png():
+    comfy = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["comfy"]
+    assert comfy["Icon"].endswith("/main/docs/icon.png")
+    icon = Image.open(ROOT / "docs" / "icon.png")
+    assert icon.format == "PNG" and icon.width == icon.height >= 128
