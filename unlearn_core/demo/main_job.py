@@ -36,9 +36,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..concepts import ConceptSetError, parse_concept_text
 from ..headless import (ComfyError, ComfyServer, MissingRequirements, check_host_requirements, host_label,
                         prepare_host, use_cpu)
-from ..concepts import ConceptSetError, parse_concept_text
 from ..plot import comparison_grid
 from ..targets import TARGET_MODES
 from ..trainer import divergence_names
