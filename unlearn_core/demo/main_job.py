@@ -1,6 +1,6 @@
 """The main job: erase a concept from the demo model inside a real ComfyUI graph, headless, and show it.
 
-    python -m unlearn_core.demo run [--concept circle] [--divergence hellinger] [--steps 120] [--out out/demo]
+    python -m unlearn_core.demo run --concept circle --out out/demo
 
 It copies a ComfyUI host (see :mod:`unlearn_core.headless`), writes the demo checkpoint into its
 ``models/checkpoints``, starts it on loopback and queues one API graph: Load Checkpoint -> Load
@@ -14,17 +14,22 @@ back through ComfyUI's SaveImage; the shipped attribute classifier reads them. I
 
 With ``--ckpt`` (your own SD1.x/SDXL checkpoint) and ``--prompt``/``--keep`` it runs the same graph
 on that model; the report then has the images and the prediction-space numbers, no classifier.
+Every option is checked before ComfyUI starts; while ComfyUI works, the job prints each phase
+(before images, erasure steps with their loss, after images) with the seconds left. ComfyUI runs on
+the GPU when torch sees CUDA (``--cpu`` forces the CPU). ``--quick`` runs the same graph with 10
+erasure steps, one seed and 4 sampler steps (a smoke test; CI runs it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +37,14 @@ import torch
 from PIL import Image
 
 from ..atomic_write import write_atomically
-from ..headless import ComfyServer, host_label, prepare_host
+from ..concepts import ConceptSetError, parse_concept_text
+from ..headless import (ComfyError, ComfyServer, MissingRequirements, check_host_requirements, host_label,
+                        prepare_host, use_cpu)
 from ..plot import comparison_grid
+from ..targets import TARGET_MODES
+from ..trainer import divergence_names
 from .assemble import CHECKPOINT_NAME, write_checkpoint
+from .progress import JobProgress
 from .shapes import BACKGROUNDS, COLORS, SHAPES
 
 CELL = 96  # grid cell size in pixels (64-pixel samples are upscaled, nearest)
@@ -57,6 +67,7 @@ class JobOptions:
     prompts: list[str] = field(default_factory=list)
     keep: list[str] = field(default_factory=list)
     resolution: int = 64
+    cpu: bool = False  # run ComfyUI on the CPU even when there is a GPU
 
     @property
     def demo(self) -> bool:
@@ -82,6 +93,47 @@ def demo_prompts(concept: str, anchor: str) -> tuple[str, list[tuple[str, str]],
                          f"{COLORS}, or pass --ckpt with your own model")
     lines = [f"{t} -> {a}" for t, a in pairs] + [f"keep: {k}" for k in keep]
     return "\n".join(lines) + "\n", [(t, concept) for t in targets], keep
+
+
+# option -> (command-line flag, smallest, largest): the ranges of the widgets the option feeds
+RANGES = {"steps": ("--steps", 1, 100000), "learning_rate": ("--lr", 1e-8, 1.0), "alpha": ("--alpha", -5.0, 5.0),
+          "seeds": ("--seeds", 1, 4096), "sample_steps": ("--sample-steps", 1, 10000), "cfg": ("--cfg", 0.0, 100.0),
+          "seed": ("--seed", 0, 0xFFFFFFFF), "resolution": ("--resolution", 32, 2048)}
+QUICK = {"steps": 10, "seeds": 1, "sample_steps": 4}  # --quick: every node of the graph, a fraction of the work
+
+
+def check_options(opts: JobOptions) -> None:
+    """Raise ValueError naming the first bad option and what it accepts; nothing has started yet."""
+    if opts.divergence not in divergence_names():
+        raise ValueError(f"--divergence {opts.divergence!r} is not a divergence; choose one of: "
+                         f"{', '.join(divergence_names())}")
+    if opts.target_mode not in TARGET_MODES:
+        raise ValueError(f"--target-mode {opts.target_mode!r} is not a target mode; choose one of: "
+                         f"{', '.join(TARGET_MODES)}")
+    for name, (flag, low, high) in RANGES.items():
+        value = getattr(opts, name)
+        if not (math.isfinite(value) and low <= value <= high):
+            raise ValueError(f"{flag} {value}: must be between {low:g} and {high:g}")
+    if opts.resolution % 8:
+        raise ValueError(f"--resolution {opts.resolution}: must be a multiple of 8 (latents are 1/8 of the image)")
+    if not opts.demo:
+        ckpt = Path(opts.ckpt).expanduser()
+        if not ckpt.is_file() or ckpt.suffix != ".safetensors":
+            raise ValueError(f"--ckpt {opts.ckpt}: expected an existing .safetensors checkpoint file")
+        if not opts.prompts:
+            raise ValueError("with --ckpt, give the prompts to draw with --prompt (and kept ones with --keep)")
+    try:
+        parse_concept_text(job_prompts(opts)[0], name="--concept/--anchor/--keep")
+    except ConceptSetError as e:
+        raise ValueError(str(e)) from None
+
+
+def job_prompts(opts: JobOptions) -> tuple[str, list[str], list[str]]:
+    """(concept-set text, target prompts, kept prompts) of the job."""
+    if opts.demo:
+        concept_text, targets, keep = demo_prompts(opts.concept, opts.anchor)
+        return concept_text, [t for t, _ in targets], keep
+    return f"{opts.concept} -> {opts.anchor}\n" + "".join(f"keep: {k}\n" for k in opts.keep), opts.prompts, opts.keep
 
 
 def build_graph(opts: JobOptions, ckpt_name: str, concept_text: str, prompts: list[str]) -> dict:
@@ -190,7 +242,8 @@ def summarise(concept: str, targets: list[dict], kept: list[dict]) -> dict:
 def grid(prompts: list[str], before: list[list[Image.Image]], after: list[list[Image.Image]]) -> Image.Image:
     n = len(before[0])
     rows = [(p, [im.resize((CELL, CELL), Image.NEAREST) for im in b + a]) for p, b, a in zip(prompts, before, after)]
-    return comparison_grid(rows, [f"before {i}" for i in range(n)] + [f"after {i}" for i in range(n)])
+    return comparison_grid(rows, [f"before {i}" for i in range(n)] + [f"after {i}" for i in range(n)],
+                           label_width=None, divider_after=n)
 
 
 def markdown(opts: JobOptions, result: dict) -> str:
@@ -221,18 +274,19 @@ def markdown(opts: JobOptions, result: dict) -> str:
     return "\n".join(lines)
 
 
-def run(opts: JobOptions, out: Path, workdir: Path | None = None, timeout: float = 1800.0) -> dict:
-    """Run the job; write grid.png, report.md, report.json under ``out``; return the report dict."""
-    out.mkdir(parents=True, exist_ok=True)
-    if opts.demo:
-        concept_text, targets, keep = demo_prompts(opts.concept, opts.anchor)
-        target_prompts = [t for t, _ in targets]
-    else:
-        if not opts.prompts:
-            raise ValueError("with --ckpt, give the prompts to draw with --prompt (and kept ones with --keep)")
-        target_prompts, keep = opts.prompts, opts.keep
-        concept_text = f"{opts.concept} -> {opts.anchor}\n" + "".join(f"keep: {k}\n" for k in keep)
+def run(opts: JobOptions, out: Path, workdir: Path | None = None, timeout: float = 1800.0,
+        progress: JobProgress | None = None) -> dict:
+    """Run the job; write grid.png, report.md, report.json under ``out``; return the report dict.
+
+    Options and the host's Python packages are checked before anything starts (ValueError,
+    :class:`~unlearn_core.headless.MissingRequirements`); a prompt ComfyUI refuses or fails raises
+    :class:`~unlearn_core.headless.ComfyError` with ComfyUI's message. ``progress`` follows the graph live.
+    """
+    check_options(opts)
+    check_host_requirements()
+    concept_text, target_prompts, keep = job_prompts(opts)
     prompts = target_prompts + keep
+    out.mkdir(parents=True, exist_ok=True)
 
     with tempfile.TemporaryDirectory(prefix="divergence-unlearn-demo-", dir=workdir) as tmp:
         tmp = Path(tmp)
@@ -242,18 +296,18 @@ def run(opts: JobOptions, out: Path, workdir: Path | None = None, timeout: float
             ckpt_name = write_checkpoint(checkpoints).name
         else:
             src = Path(opts.ckpt).expanduser().resolve()
-            if not src.is_file() or src.suffix != ".safetensors":
-                raise ValueError(f"--ckpt {opts.ckpt}: expected an existing .safetensors checkpoint file")
             (checkpoints / src.name).symlink_to(src)
             ckpt_name = src.name
-        print(f"[demo] host {host_label()} prepared in {root}", flush=True)
-        server = ComfyServer(root, tmp)
+        server = ComfyServer(root, tmp, cpu=use_cpu(opts.cpu))
+        print(f"[demo] host {host_label()} prepared in {root}; starting ComfyUI on the "
+              f"{'CPU' if server.cpu else 'GPU'}", flush=True)
         try:
             server.start()
             print(f"[demo] ComfyUI listening on {server.url}; queueing the graph ({len(prompts)} prompts x "
                   f"{opts.seeds} seeds, before and after)", flush=True)
             start = time.time()
-            entry = server.run(build_graph(opts, ckpt_name, concept_text, prompts), timeout=timeout)
+            entry = server.run(build_graph(opts, ckpt_name, concept_text, prompts), timeout=timeout,
+                               on_event=progress)
             graph_seconds = time.time() - start
             before = [_images(entry, f"before{i}_save", server.output_dir) for i in range(len(prompts))]
             after = [_images(entry, f"after{i}_save", server.output_dir) for i in range(len(prompts))]
@@ -264,7 +318,7 @@ def run(opts: JobOptions, out: Path, workdir: Path | None = None, timeout: float
             erase_seconds = _erase_seconds(server.log())
         finally:
             server.stop()
-            shutil.copy(server.log_path, out / "comfyui.log")
+            shutil.copyfile(server.log_path, out / "comfyui.log")
 
     grid(prompts, before, after).save(out / "grid.png")
     result = {"host": host_label(), "options": opts.__dict__, "prompts": prompts, "graph_seconds": graph_seconds,
@@ -290,31 +344,54 @@ def main(argv: list[str] | None = None) -> int:
     d = JobOptions()
     p = argparse.ArgumentParser(prog="python -m unlearn_core.demo run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--concept", default=d.concept, help="a demo shape or colour; with --ckpt, any concept text")
-    p.add_argument("--anchor", default=d.anchor, help="what the concept becomes (demo default: 'shape')")
-    p.add_argument("--divergence", default=d.divergence)
-    p.add_argument("--alpha", type=float, default=d.alpha)
-    p.add_argument("--target-mode", default=d.target_mode, choices=("anchor", "negative_guidance", "anchor_guidance"))
-    p.add_argument("--steps", type=int, default=d.steps, help="erasure training steps")
-    p.add_argument("--lr", type=float, default=d.learning_rate)
-    p.add_argument("--seeds", type=int, default=d.seeds, help="images per prompt")
-    p.add_argument("--sample-steps", type=int, default=d.sample_steps)
-    p.add_argument("--cfg", type=float, default=d.cfg)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--concept", default=d.concept, help=f"a demo shape {SHAPES} or colour {COLORS}; with --ckpt, "
+                                                        "any concept text (default: %(default)s)")
+    p.add_argument("--anchor", default=d.anchor,
+                   help="what the concept becomes (demo: 'shape' for a shape, no colour for a colour)")
+    p.add_argument("--divergence", default=d.divergence,
+                   help=f"one of: {', '.join(divergence_names())} (default: %(default)s)")
+    p.add_argument("--alpha", type=float, default=d.alpha, help="alpha of --divergence alpha (default: %(default)s)")
+    p.add_argument("--target-mode", default=d.target_mode,
+                   help=f"one of: {', '.join(TARGET_MODES)} (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=d.steps, help="erasure training steps (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=d.learning_rate, help="erasure learning rate (default: %(default)s)")
+    p.add_argument("--seeds", type=int, default=d.seeds,
+                   help="images per prompt, before and after (default: %(default)s)")
+    p.add_argument("--sample-steps", type=int, default=d.sample_steps,
+                   help="DDIM steps per image (default: %(default)s)")
+    p.add_argument("--cfg", type=float, default=d.cfg,
+                   help="classifier-free guidance scale of the images (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="seed of the erasure and of the images (default: %(default)s)")
     p.add_argument("--ckpt", default=None, help="your own SD1.x/SDXL .safetensors checkpoint instead of the demo")
-    p.add_argument("--prompt", action="append", default=[], help="with --ckpt: a prompt showing the concept")
-    p.add_argument("--keep", action="append", default=[], help="with --ckpt: a prompt to preserve")
-    p.add_argument("--resolution", type=int, default=None, help="pixels (demo: 64; --ckpt default 512)")
-    p.add_argument("--out", type=Path, default=Path("out/demo"))
+    p.add_argument("--prompt", action="append", default=[], help="with --ckpt: a prompt showing the concept (repeat)")
+    p.add_argument("--keep", action="append", default=[], help="with --ckpt: a prompt to preserve (repeat)")
+    p.add_argument("--resolution", type=int, default=None, help="image side in pixels (demo: 64; --ckpt: 512)")
+    p.add_argument("--out", type=Path, default=Path("out/demo"),
+                   help="folder for grid, report and erasure (default: %(default)s)")
+    p.add_argument("--cpu", action="store_true", help="run ComfyUI on the CPU even when a CUDA GPU is there")
+    p.add_argument("--quick", action="store_true",
+                   help=f"the same graph with {QUICK['steps']} erasure steps, {QUICK['seeds']} seed and "
+                        f"{QUICK['sample_steps']} sampler steps (a smoke test: the erasure is not complete)")
     a = p.parse_args(argv)
     opts = JobOptions(concept=a.concept, anchor=a.anchor, divergence=a.divergence, alpha=a.alpha,
                       target_mode=a.target_mode, steps=a.steps, learning_rate=a.lr, seeds=a.seeds,
                       sample_steps=a.sample_steps, cfg=a.cfg, seed=a.seed, ckpt=a.ckpt, prompts=a.prompt, keep=a.keep,
-                      resolution=a.resolution or (512 if a.ckpt else 64))
+                      resolution=a.resolution or (512 if a.ckpt else 64), cpu=a.cpu)
+    if a.quick:
+        opts = replace(opts, **QUICK)
     start = time.time()
-    result = run(opts, a.out)
+    try:
+        _, targets, keep = job_prompts(opts)
+        run(opts, a.out, progress=JobProgress(len(targets) + len(keep)))
+    except (ValueError, MissingRequirements) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ComfyError as e:
+        print(f"error: ComfyUI: {e}\n(the server's whole log: {a.out / 'comfyui.log'})", file=sys.stderr)
+        return 1
     print((a.out / "report.md").read_text())
     print(f"[demo] grid:   {a.out / 'grid.png'}\n[demo] report: {a.out / 'report.md'} and {a.out / 'report.json'}\n"
           f"[demo] erasure file (loads with ComfyUI's LoraLoaderModelOnly): {a.out / 'erasure.safetensors'}\n"
           f"[demo] total {time.time() - start:.0f} s", file=sys.stderr)
-    return 0 if result else 1
+    return 0

@@ -1,0 +1,78 @@
+"""The main job's live progress on the terminal: phase, prompt or step, loss, and seconds left.
+
+It reads what :meth:`unlearn_core.headless.ComfyServer.run` passes on while ComfyUI works: the
+websocket's ``executing`` and ``progress`` messages (which node runs, its sampler step) and the
+server log's ``[Divergence Unlearn] step k/n loss ...`` lines (the websocket carries no loss).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from typing import Callable, TextIO
+
+STEP_LINE = re.compile(r"\[Divergence Unlearn\] step (\d+)/(\d+) loss (\S+)")
+IMAGE_NODE = re.compile(r"(before|after)(\d+)(?:_decode|_save)?")
+PHASES = {"before": "before images", "after": "after images", "unlearn": "erasure", "report": "Erasure Report",
+          "save": "Save Erasure"}
+
+
+def phase_of(node: str) -> str | None:
+    """The job phase of a graph node id (``before3`` -> before images, ``unlearn`` -> erasure), None for others."""
+    match = IMAGE_NODE.fullmatch(node)
+    return PHASES[match.group(1)] if match else PHASES.get(node)
+
+
+def seconds_left(elapsed: float, done: float, total: float) -> float:
+    """Time still needed at the rate so far: elapsed * (total - done) / done."""
+    return elapsed * (total - done) / done if done > 0 else float("nan")
+
+
+def _left(seconds: float) -> str:
+    return f", ~{seconds:.0f} s left" if seconds == seconds else ""
+
+
+class JobProgress:
+    """Prints one line per phase change, per finished prompt of the image phases and per logged training step."""
+
+    def __init__(self, prompts: int, out: TextIO = sys.stdout, clock: Callable[[], float] = time.monotonic):
+        self.prompts, self.out, self.clock = prompts, out, clock
+        self.phase: str | None = None
+        self.started: dict[str, float] = {}
+        self.done: dict[str, int] = {}
+        self.training_from: tuple[int, float] | None = None  # (step, time) of the first logged training step
+
+    def say(self, text: str) -> None:
+        print(f"[demo] {text}", file=self.out, flush=True)
+
+    def __call__(self, kind: str, data: dict) -> None:
+        if kind == "executing" and data.get("node"):
+            phase = phase_of(data["node"])
+            if phase and phase != self.phase:
+                self.phase = phase
+                self.started.setdefault(phase, self.clock())
+                self.say(f"{phase}: started")
+        elif kind == "progress" and data.get("value") == data.get("max"):
+            self._finished_bar(phase_of(data.get("node") or ""), data["max"])
+        elif kind == "log":
+            match = STEP_LINE.search(data["line"])
+            if match:
+                self._training_step(int(match.group(1)), int(match.group(2)), match.group(3))
+
+    def _finished_bar(self, phase: str | None, steps: int) -> None:
+        if phase in ("before images", "after images"):
+            done = self.done[phase] = self.done.get(phase, 0) + 1
+            elapsed = self.clock() - self.started[phase]
+            self.say(f"{phase}: prompt {done}/{self.prompts} drawn ({steps} sampler steps)"
+                     f"{_left(seconds_left(elapsed, done, self.prompts))}")
+        elif phase == "erasure" and self.training_from is None:
+            self.say(f"erasure: anchor images drawn ({steps} sampler steps); training")
+
+    def _training_step(self, step: int, total: int, loss: str) -> None:
+        now = self.clock()
+        if self.training_from is None:
+            self.training_from = (step, now)
+        first, since = self.training_from
+        self.say(f"erasure: step {step}/{total}, loss {loss}"
+                 f"{_left(seconds_left(now - since, step - first, total - first))}")
