@@ -45,7 +45,7 @@ def test_the_default_recipe_erases_circles_and_keeps_the_other_shapes(demo, circ
     _, targets, keep, erasure = circle
     assert shapes_seen(demo, targets).count("circle") == len(targets) * len(SEEDS)  # the original draws circles
     after = shapes_seen(demo, targets, erasure)
-    assert after.count("circle") <= 1, after
+    assert after.count("circle") <= 2, after  # measured: 1 of 8 after 20 and after 60 steps
     kept = shapes_seen(demo, keep, erasure)
     wanted = [p.split()[2] for p in keep] * len(SEEDS)
     assert sum(k == w for k, w in zip(kept, wanted)) >= 0.85 * len(wanted), list(zip(kept, wanted))
