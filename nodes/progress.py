@@ -18,7 +18,8 @@ from .host import HAS_V3_API
 def loss_chart(history: list[StepInfo], title: str) -> Image.Image:
     """The loss, S and gradient norm of the training steps so far, one panel each."""
     return line_chart({"loss": [h.loss for h in history], "S (target vs frozen target)": [h.mean_s for h in history],
-                       "gradient norm": [h.grad_norm for h in history]}, title)
+                       "gradient norm": [h.grad_norm for h in history],
+                       "moved onto anchor (checks)": [h.moved for h in history]}, title)
 
 
 class TrainingProgress:
@@ -46,7 +47,8 @@ class TrainingProgress:
             if info.step % self.log_every == 0 or info.step in (1, info.total):
                 keep = f" keep S {info.keep_s:.3g}" if math.isfinite(info.keep_s) else ""
                 print(f"[Divergence Unlearn] step {info.step}/{info.total} loss {info.loss:.5g} "
-                      f"S {info.mean_s:.3g}{keep} |grad| {info.grad_norm:.3g}")
+                      f"S {info.mean_s:.3g} (sigma {info.sigma:.3g}, r = S/sigma² {info.ratio:.3g}){keep} "
+                      f"|grad| {info.grad_norm:.3g}")
             if HAS_V3_API and (len(self.history) % self.preview_every == 0 or info.step == info.total):
                 preview = ("PNG", loss_chart(self.history, f"{self.title}, step {info.step}/{info.total}"), None)
         bar.update_absolute(info.step, info.total, preview)
