@@ -43,9 +43,8 @@ import numpy as np
 import torch
 
 from unlearn_core.concepts import parse_concept_text
-from unlearn_core.demo.main_job import demo_prompts
-from unlearn_core.demo.model import DemoDenoiser, DemoModel, load_classifier
-from unlearn_core.demo.shapes import SHAPES
+from unlearn_core.demo.domains import DOMAINS, Domain
+from unlearn_core.samples import build_pool
 from unlearn_core.trainer import EraseConfig, StepInfo, erase
 
 DIVERGENCES = {  # label -> EraseConfig fields
@@ -60,6 +59,7 @@ DIVERGENCES = {  # label -> EraseConfig fields
     # Control: at S << sigma^2 Hellinger's loss -exp(-r/8) has gradient ~ grad(r)/8, i.e. MSE with its
     # erasure term weighted 1/8 against the (MSE) preservation term. MSE at sigma^2 = 8 is exactly that.
     "mse, sigma^2 = 8 (control)": {"divergence": "mse", "sigma": 8 ** 0.5},
+    "engine defaults": {},  # EraseConfig() as it is: every setting the engine and the node default to
 }
 MODES = {
     # Main grid, every divergence x both target modes x 3 seeds x 4 concepts at one learning rate; the
@@ -82,6 +82,11 @@ MODES = {
                   target_modes=("anchor",), seeds=(0,), learning_rates=(1e-3,), lr_sweep=None, steps=40,
                   evals=(20, 40), eval_seeds=2, sigma_concepts=("circle",), sigma_ratios=(10.0,),
                   sigma_divergences=("hellinger",)),
+    # The engine's defaults untouched (divergence, target mode, lr, steps, batch, pool): what a new user
+    # gets on a model nobody tuned for. steps/evals are the defaults' own (filled in at run time).
+    "defaults": dict(concepts=("circle", "square", "red", "blue"), divergences=("engine defaults",),
+                     target_modes=(None,), seeds=(0,), learning_rates=(None,), lr_sweep=None, steps=None, evals=None,
+                     eval_seeds=2, sigma_concepts=(), sigma_ratios=(), sigma_divergences=()),
 }
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
          11: 2.201, 15: 2.131, 20: 2.086, 30: 2.042}
@@ -115,12 +120,11 @@ _REFERENCES: dict = {}  # (model, concept, seeds) -> the original model's sample
 class Probe:
     """Samples the target and kept prompts of one concept with fixed seeds and scores them."""
 
-    def __init__(self, model: DemoModel, denoiser: DemoDenoiser, concept: str, seeds: int):
-        self.model, self.denoiser, self.clf = model, denoiser, load_classifier()
-        _, targets, self.keep = demo_prompts(concept, "")
+    def __init__(self, domain: Domain, model: torch.nn.Module, denoiser, concept: str, seeds: int):
+        self.domain, self.model, self.denoiser, self.clf = domain, model, denoiser, domain.load_classifier()
+        _, targets, self.keep = domain.prompts(concept)
         self.targets = [t for t, _ in targets]
-        self.attr = "shape" if concept in SHAPES else "color"
-        self.other = "color" if self.attr == "shape" else "shape"
+        self.attr, self.other = domain.attribute_of(concept), domain.other_attribute(concept)
         self.concept, self.seeds = concept, seeds
         key = (id(model), concept, seeds)  # erase() leaves the model unmodified, so one sampling serves all runs
         if key not in _REFERENCES:
@@ -129,19 +133,18 @@ class Probe:
 
     def _sample(self) -> dict:
         prompts = self.targets + self.keep
-        preds = {"shape": [], "color": []}
+        preds = {self.attr: [], self.other: []}
         feats = []
         for seed in range(self.seeds):
             images = self.model.generate(prompts, seed=1000 + seed, denoiser=self.denoiser)
             p = self.clf.predict(images)
-            preds["shape"] += p["shape"]
-            preds["color"] += p["color"]
+            for attr in preds:
+                preds[attr] += p[attr]
             feats.append(self.clf.features_of(images)[len(self.targets):])
-        words = [p.split() for p in prompts] * self.seeds
+        named = [self.domain.named(p) for p in prompts] * self.seeds
         n_t = len(self.targets)
-        is_target = [i % len(prompts) < n_t for i in range(len(words))]
-        named = {"shape": [w[2] for w in words], "color": [w[1] for w in words]}
-        hit = {a: [p == n for p, n in zip(preds[a], named[a])] for a in preds}
+        is_target = [i % len(prompts) < n_t for i in range(len(named))]
+        hit = {a: [p == n[a] for p, n in zip(preds[a], named)] for a in preds}
         return {
             "target_shows": 100 * np.mean([h for h, t in zip(hit[self.attr], is_target) if t]),
             "in_domain": 100 * np.mean([h for h, t in zip(hit[self.attr], is_target) if not t]),
@@ -161,13 +164,21 @@ class Probe:
                 "kid_x1000": 1000 * kid((now["features"] - mu) / sd, (ref["features"] - mu) / sd)}
 
 
-def one_run(model: DemoModel, concept: str, label: str, target_mode: str, lr: float, seed: int, steps: int,
-            evals: tuple[int, ...], eval_seeds: int, sigma: float = 1.0, ratio: float | None = None) -> dict:
-    denoiser = DemoDenoiser(model)
-    probe = Probe(model, denoiser, concept, eval_seeds)
-    text, _, _ = demo_prompts(concept, "")
-    config = EraseConfig(**{"sigma": sigma, **DIVERGENCES[label]}, target_mode=target_mode, learning_rate=lr,
-                         seed=seed, steps=steps, resolution=64, batch_size=4, num_samples=8, sample_steps=10)
+def one_run(model: torch.nn.Module, concept: str, label: str, target_mode: str, lr: float, seed: int, steps: int,
+            evals: tuple[int, ...], eval_seeds: int, sigma: float = 1.0, ratio: float | None = None,
+            domain: str = "shapes", x_source: str = "anchor_samples") -> dict:
+    dom = DOMAINS[domain]
+    denoiser = dom.make_denoiser(model)
+    probe = Probe(dom, model, denoiser, concept, eval_seeds)
+    text, _, _ = dom.prompts(concept)
+    bench = {} if label == "engine defaults" else dict(
+        sigma=sigma, **DIVERGENCES[label], target_mode=target_mode, learning_rate=lr, steps=steps, batch_size=4,
+        num_samples=8, sample_steps=10)
+    config = EraseConfig(**bench, seed=seed, resolution=dom.resolution, x_source=x_source)
+    latents = None
+    if x_source == "latents":  # the model's own samples of the target prompts, as a user would encode them
+        latents = dom.own_latents(model, [probe.targets[i % len(probe.targets)] for i in range(config.num_samples)],
+                                  500)
     history, scores = [], {}
 
     def callback(info: StepInfo) -> None:
@@ -178,54 +189,92 @@ def one_run(model: DemoModel, concept: str, label: str, target_mode: str, lr: fl
             scores[info.step] = probe.score()
 
     started = time.time()
-    erase(denoiser, parse_concept_text(text), config, callback=callback)
+    erase(denoiser, parse_concept_text(text), config, user_latents=latents, callback=callback)
     efficacies = [(s, scores[s]["efficacy"]) for s in evals]
-    return {"concept": concept, "divergence": label, "target_mode": target_mode, "lr": lr, "seed": seed,
-            "sigma": config.sigma, "ratio": ratio, "config": asdict(config), "seconds": time.time() - started,
+    return {"concept": concept, "divergence": label, "target_mode": config.target_mode, "lr": config.learning_rate,
+            "seed": seed, "sigma": config.sigma, "ratio": ratio, "config": asdict(config), "domain": domain,
+            "seconds": time.time() - started,
             "before": {k: v for k, v in probe.reference.items() if k != "features"},
             "evals": {str(s): v for s, v in scores.items()},
             "steps_to_90": next((s for s, e in efficacies if e >= 90), None),
             "history": history}
 
 
-def anchor_rates(model: DemoModel, concepts: tuple[str, ...], seeds: int = 8) -> dict[str, float]:
+def anchor_rates(domain: Domain, model: torch.nn.Module, concepts: tuple[str, ...], seeds: int = 8) -> dict[str, float]:
     """% of the original model's images of each concept's anchor prompts that show the concept itself.
 
     Anchor mode trains the target towards the anchor, so this caps its efficacy near 100 minus it.
     """
-    denoiser, clf, rates = DemoDenoiser(model), load_classifier(), {}
+    denoiser, clf, rates = domain.make_denoiser(model), domain.load_classifier(), {}
     for concept in concepts:
-        text, _, _ = demo_prompts(concept, "")
+        text, _, _ = domain.prompts(concept)
         anchors = [line.split(" -> ")[1] for line in text.splitlines() if " -> " in line]
-        attr = "shape" if concept in SHAPES else "color"
+        attr = domain.attribute_of(concept)
         hits = [p == concept for seed in range(seeds)
                 for p in clf.predict(model.generate(anchors, seed=1000 + seed, denoiser=denoiser))[attr]]
         rates[concept] = 100 * float(np.mean(hits))
     return rates
 
 
+@torch.no_grad()
+def pool_spread(domain: Domain, model: torch.nn.Module, concept: str) -> dict[str, float]:
+    """Standard deviation and largest |value| of the engine's anchor-sample pool and of the model's own samples.
+
+    With EraseConfig's pool settings; on a schedule whose terminal abar is ~0 a sampler that divides by
+    sqrt(abar_T) makes the pool explode, and the erasure then trains on those values.
+    """
+    config, denoiser = EraseConfig(), domain.make_denoiser(model)
+    text, targets, _ = domain.prompts(concept)
+    anchors = [line.split(" -> ")[1] for line in text.splitlines() if " -> " in line]
+    size = (domain.resolution, domain.resolution)
+    side = domain.resolution // 8
+    pool = build_pool("anchor_samples", denoiser, denoiser.encode_prompts(anchors, size),
+                      denoiser.encode_prompts([""] * len(anchors), size), config.num_samples,
+                      (denoiser.latent_channels, side, side), config.sample_steps, config.sample_guidance,
+                      torch.Generator().manual_seed(0)).x0
+    own = domain.own_latents(model, [t for t, _ in targets], 0)
+    return {"pool_std": pool.std().item(), "pool_max": pool.abs().max().item(),
+            "own_std": own.std().item(), "own_max": own.abs().max().item()}
+
+
+def _plan(plan: dict, domain: Domain) -> dict:
+    """The mode's plan for ``domain``: its concepts mapped onto the domain's (the first n values of its first
+    attribute), and the engine's own steps, target mode and learning rate where the plan leaves them open."""
+    if domain.name != "shapes":
+        own = next(iter(domain.attributes.values()))
+        plan = {**plan, **{key: own[:len(plan[key])] for key in ("concepts", "sigma_concepts")}}
+        if plan["lr_sweep"]:
+            plan["lr_sweep"] = {**plan["lr_sweep"], "concepts": own[:len(plan["lr_sweep"]["concepts"])]}
+    if plan["steps"] is None:
+        defaults = EraseConfig()
+        steps = defaults.steps
+        plan = {**plan, "steps": steps, "evals": tuple(sorted({steps // 4, steps // 2, steps})),
+                "target_modes": (defaults.target_mode,), "learning_rates": (defaults.learning_rate,)}
+    return plan
+
+
 _WORKER: dict = {}
 
 
-def _start_worker(threads: int) -> None:
+def _start_worker(threads: int, domain: str) -> None:
     torch.set_num_threads(threads)
-    _WORKER["model"] = DemoModel.load()
+    _WORKER["model"] = DOMAINS[domain].load_model()
 
 
 def _run_in_worker(job: dict) -> dict:
     return one_run(_WORKER["model"], **job)
 
 
-def run_all(jobs: list[dict], workers: int, describe) -> list[dict]:
+def run_all(jobs: list[dict], workers: int, describe, domain: str = "shapes") -> list[dict]:
     """Run the jobs on ``workers`` processes of one thread each (in this process when 1), in order."""
     if not jobs:
         return []
     if workers == 1:
-        _start_worker(min(2, torch.get_num_threads()))
+        _start_worker(min(2, torch.get_num_threads()), domain)
         results = map(_run_in_worker, jobs)
         return [describe(i, len(jobs), run) for i, run in enumerate(results, 1)]
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
-    with context.Pool(workers, initializer=_start_worker, initargs=(1,)) as pool:
+    with context.Pool(workers, initializer=_start_worker, initargs=(1, domain)) as pool:
         return [describe(i, len(jobs), run) for i, run in enumerate(pool.imap(_run_in_worker, jobs), 1)]
 
 
@@ -425,19 +474,30 @@ def main(argv: list[str] | None = None) -> int:
                         help="run nothing else: print how often each concept's anchor prompts show the concept")
     parser.add_argument("--report", type=Path, metavar="RESULTS_JSON",
                         help="run nothing: rewrite table.md and the plots next to this results.json")
+    parser.add_argument("--domain", choices=tuple(DOMAINS), default="shapes",
+                        help="the demo model to erase from; on patterns a mode's n concepts are its first n patterns")
+    parser.add_argument("--x-source", choices=("anchor_samples", "latents"), default="anchor_samples",
+                        help="the erasure's x_t pool: the engine's anchor samples, or the model's own samples of "
+                             "the target prompts given as latents")
     args = parser.parse_args(argv)
+    domain = DOMAINS[args.domain]
+    plan = _plan(MODES[args.mode], domain)
     if args.anchors:
-        for concept, rate in anchor_rates(DemoModel.load(), MODES[args.mode]["concepts"]).items():
-            print(f"{concept}: the anchor prompts show {concept!r} in {rate:.0f}% of the original model's images")
+        model = domain.load_model()
+        for concept, rate in anchor_rates(domain, model, plan["concepts"]).items():
+            spread = pool_spread(domain, model, concept)
+            print(f"{concept}: the anchor prompts show {concept!r} in {rate:.0f}% of the original model's images; "
+                  f"the engine's anchor pool has std {spread['pool_std']:.3g}, max |x| {spread['pool_max']:.3g} "
+                  f"(the model's own samples: std {spread['own_std']:.3g}, max |x| {spread['own_max']:.3g})")
         return 0
     if args.report:
         written = write_report(json.loads(args.report.read_text()), args.report.parent)
         print("wrote " + ", ".join(str(p) for p in written))
         return 0
-    plan = MODES[args.mode]
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    common = dict(steps=plan["steps"], evals=plan["evals"], eval_seeds=plan["eval_seeds"])
+    common = dict(steps=plan["steps"], evals=plan["evals"], eval_seeds=plan["eval_seeds"], domain=args.domain,
+                  x_source=args.x_source)
     grids = [plan] + ([{**plan, **plan["lr_sweep"]}] if plan["lr_sweep"] else [])
     jobs = [dict(concept=c, label=d, target_mode=m, lr=lr, seed=seed, **common)
             for g in grids for c, d, m, lr, seed in itertools.product(
@@ -450,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
               f"cross {final['cross_domain']:+.0f} KID {final['kid_x1000']:.2f} ({run['seconds']:.0f} s)", flush=True)
         return run
 
-    runs = run_all(jobs, args.workers, describe)
+    runs = run_all(jobs, args.workers, describe, args.domain)
 
     # sigma sweep: S / sigma^2 at chosen ratios, from the median S of the sigma = 1 run
     lr0 = plan["learning_rates"][0]
@@ -471,11 +531,14 @@ def main(argv: list[str] | None = None) -> int:
               f"efficacy {final['efficacy']:.0f}% in-domain {final['in_domain']:+.0f}", flush=True)
         return run
 
-    sigma_runs = run_all(sigma_jobs, args.workers, describe_sigma)
+    sigma_runs = run_all(sigma_jobs, args.workers, describe_sigma, args.domain)
 
+    options = "".join(f" --{k} {v}" for k, v in (("domain", args.domain), ("x-source", args.x_source))
+                      if v != parser.get_default(k.replace("-", "_")))
     meta = {"mode": args.mode, "plan": plan, "seconds": time.time() - started, "torch": torch.__version__,
-            "workers": args.workers, "date": time.strftime("%Y-%m-%d"),
-            "command": f"python benchmarks/erasure_quality.py --mode {args.mode} --workers {args.workers} "
+            "workers": args.workers, "date": time.strftime("%Y-%m-%d"), "domain": args.domain,
+            "x_source": args.x_source,
+            "command": f"python benchmarks/erasure_quality.py --mode {args.mode}{options} --workers {args.workers} "
                        f"--out {args.out}"}
     result = {"meta": meta, "table": aggregate(runs, plan["steps"]), "runs": runs, "sigma_runs": sigma_runs}
     (args.out / "results.json").write_text(json.dumps(result, indent=1))
