@@ -23,12 +23,29 @@ from ..unlearn_core.denoiser import Conditioning, Denoiser
 from ..unlearn_core.erasure import Erasure, fingerprint
 from ..unlearn_core.injection import DeltaInjection
 
-SUPPORTED_PREDICTIONS = {"EPS": "epsilon", "V_PREDICTION": "v_prediction"}
-
 
 def model_family(patcher) -> str:
     """The host's name for the model's family (SD15, SD20, SDXL, ...)."""
     return type(patcher.model.model_config).__name__
+
+
+def model_sampling(patcher):
+    """The MODEL's schedule object as the user's graph patched it (e.g. by ModelSamplingDiscrete: v, zsnr)."""
+    if hasattr(patcher, "get_model_object"):  # ComfyUI from mid-2024
+        return patcher.get_model_object("model_sampling")
+    return patcher.object_patches.get("model_sampling", patcher.model.model_sampling)
+
+
+def prediction_type(sampling) -> str | None:
+    """'epsilon' or 'v_prediction' for a discrete DDPM schedule whose timestep t has sigma ``sigmas[t]``; else None."""
+    import comfy.model_sampling as ms
+
+    if not isinstance(sampling, ms.ModelSamplingDiscrete):
+        return None
+    if not torch.equal(sampling.timestep(sampling.sigmas).long().cpu(), torch.arange(len(sampling.sigmas))):
+        return None  # e.g. a distilled (LCM) schedule
+    denoised = type(sampling).calculate_denoised
+    return {ms.EPS.calculate_denoised: "epsilon", ms.V_PREDICTION.calculate_denoised: "v_prediction"}.get(denoised)
 
 
 class ComfyDenoiser(Denoiser):
@@ -39,16 +56,19 @@ class ComfyDenoiser(Denoiser):
     def __init__(self, patcher, clip):
         super().__init__()
         base = patcher.model
-        kind = base.model_type.name
-        if kind not in SUPPORTED_PREDICTIONS:
-            raise ValueError(f"this {model_family(patcher)} model predicts {kind}; Divergence Unlearn trains "
-                             "epsilon- and v-prediction UNets (SD1.x, SD2.x, SDXL)")
+        sampling = model_sampling(patcher)
+        kind = prediction_type(sampling)
+        if kind is None:
+            raise ValueError(f"this {model_family(patcher)} model samples with {type(sampling).__name__} "
+                             f"({base.model_type.name}); Divergence Unlearn trains epsilon- and v-prediction UNets "
+                             "on a discrete schedule (SD1.x, SD2.x, SDXL; ModelSamplingDiscrete eps or v_prediction, "
+                             "zsnr allowed): remove or change the model-sampling node before it")
         if clip is None:
             raise ValueError("no CLIP is connected (this checkpoint has no text encoder): load one with a CLIP loader")
         self.family = model_family(patcher)
-        self.prediction_type = SUPPORTED_PREDICTIONS[kind]
-        sigmas = base.model_sampling.sigmas.detach().float().cpu()
-        self.alphas_cumprod = 1.0 / (1.0 + sigmas**2)
+        self.prediction_type = kind
+        sigmas = sampling.sigmas.detach().double().cpu()
+        self.alphas_cumprod = (1.0 / (1.0 + sigmas**2)).float()
         self.latent_channels = base.diffusion_model.out_channels
         # a bound method, not the module: the host's model must not become a submodule of ours
         self._encode_adm = base.encode_adm if (getattr(base, "adm_channels", 0) or 0) > 0 else None

@@ -31,6 +31,7 @@ class Denoiser(nn.Module):
     latent_channels: int
     family: str  # "sd1", "sd2", "sdxl", ...: names the model in errors and in erasure metadata
     key_format: str  # how ``net``'s parameter names are spelled: "diffusers" or "ldm"
+    data_range: tuple[float, float] | None = None  # x0's known range (pixel-space models); None for latents
 
     def forward(self, x_t: Tensor, timesteps: Tensor, cond: Conditioning) -> Tensor:
         """Model output (epsilon or v) for noisy latents ``x_t`` [B, C, H, W] at integer ``timesteps`` [B]."""

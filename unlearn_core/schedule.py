@@ -23,12 +23,41 @@ def add_noise(x0: Tensor, noise: Tensor, abar: Tensor) -> Tensor:
     return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
 
-def to_epsilon(output: Tensor, x_t: Tensor, abar: Tensor, prediction_type: str) -> Tensor:
-    """eps from the network output: eps itself, or eps = sqrt(abar) v + sqrt(1 - abar) x_t for v-prediction."""
-    if prediction_type == "epsilon":
-        return output
+def x0_eps_from_epsilon(eps: Tensor, x_t: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
+    """x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar): exact, but multiplies the network's errors by 1/sqrt(abar)."""
+    return (x_t - (1 - a).sqrt() * eps) / a.sqrt(), eps
+
+
+def x0_eps_from_v(v: Tensor, x_t: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
+    """x0 = sqrt(abar) x_t - sqrt(1 - abar) v, eps = sqrt(1 - abar) x_t + sqrt(abar) v: no division, safe at abar = 0."""
+    return a.sqrt() * x_t - (1 - a).sqrt() * v, (1 - a).sqrt() * x_t + a.sqrt() * v
+
+
+PARAMETRISATIONS: dict[str, Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]] = {
+    "epsilon": x0_eps_from_epsilon,
+    "v_prediction": x0_eps_from_v,
+}
+"""(x0, eps) from a network output per ``Denoiser.prediction_type``; a new parametrisation (e.g. a flow
+model's velocity, once its adapter states x_t in DDPM terms) adds its conversion here."""
+
+EPSILON_MIN_ABAR = 4e-3
+"""An epsilon model's sampling starts at the last timestep with abar >= this (SD1.x ends at 4.7e-3): at
+cosine's 2.4e-9 or zero-terminal-SNR's 4.9e-8 the division in ``x0_eps_from_epsilon`` turns a 1 %
+error of the network into thousands."""
+
+
+def predict_x0_eps(output: Tensor, x_t: Tensor, abar: Tensor, prediction_type: str) -> tuple[Tensor, Tensor]:
+    """(x0, eps) from the network ``output`` for ``x_t`` at ``abar`` (per sample [B]), by ``prediction_type``."""
     a = abar.view(-1, *([1] * (x_t.dim() - 1))).to(x_t)
-    return a.sqrt() * output + (1 - a).sqrt() * x_t
+    return PARAMETRISATIONS[prediction_type](output, x_t, a)
+
+
+def sampling_start(alphas_cumprod: Tensor, prediction_type: str) -> int:
+    """The first (largest) timestep to sample from: T-1, or for epsilon the last one with abar >= EPSILON_MIN_ABAR."""
+    last = alphas_cumprod.shape[0] - 1
+    if prediction_type != "epsilon" or alphas_cumprod[last] >= EPSILON_MIN_ABAR:
+        return last
+    return int((alphas_cumprod >= EPSILON_MIN_ABAR).nonzero().max())
 
 
 TimestepSampler = Callable[[int, int, torch.Generator], Tensor]
@@ -73,11 +102,15 @@ def ddim_sample(
     keep_trajectory: bool = False,
     on_step: Callable[[int], None] | None = None,
 ) -> Trajectory:
-    """Deterministic DDIM (eta = 0) with classifier-free guidance, one batched forward per step."""
+    """Deterministic DDIM (eta = 0) with classifier-free guidance, one batched forward per step.
+
+    x0 is predicted in each parametrisation's safe form (see ``PARAMETRISATIONS``, ``sampling_start``) and
+    clipped to ``denoiser.data_range`` where the model states one (pixel-space models; latents have none).
+    """
     batch = next(iter(cond.values())).shape[0]
     abar_all = denoiser.alphas_cumprod
-    num_t = abar_all.shape[0]
-    ts = torch.linspace(num_t - 1, 0, steps).round().long()
+    start = sampling_start(abar_all, denoiser.prediction_type)
+    ts = torch.linspace(start, 0, steps).round().long()
     x = torch.randn((batch, *latent_shape), generator=generator).to(denoiser.device, torch.float32)
     both = cat_cond([cond, uncond])
     kept = []
@@ -86,10 +119,12 @@ def ddim_sample(
             kept.append(x.detach().cpu())
         abar = abar_all[t].to(x.device)
         t_batch = torch.full((2 * batch,), int(t), device=x.device)
-        out = denoiser(torch.cat([x, x]).to(denoiser.dtype), t_batch, both).float()
-        eps_c, eps_u = to_epsilon(out, torch.cat([x, x]), abar.expand(2 * batch), denoiser.prediction_type).chunk(2)
-        eps = eps_u + guidance * (eps_c - eps_u)
-        x0 = (x - (1 - abar).sqrt() * eps) / abar.sqrt()
+        out_c, out_u = denoiser(torch.cat([x, x]).to(denoiser.dtype), t_batch, both).float().chunk(2)
+        out = out_u + guidance * (out_c - out_u)  # every parametrisation is linear in the output
+        x0, eps = predict_x0_eps(out, x, abar.expand(batch), denoiser.prediction_type)
+        if denoiser.data_range is not None:
+            x0 = x0.clamp(*denoiser.data_range)
+            eps = (x - abar.sqrt() * x0) / (1 - abar).sqrt()
         abar_next = abar_all[ts[i + 1]].to(x.device) if i + 1 < steps else torch.tensor(1.0, device=x.device)
         x = abar_next.sqrt() * x0 + (1 - abar_next).sqrt() * eps
         if on_step is not None:
