@@ -1,10 +1,13 @@
-"""Erasure-quality benchmark on the demo model: Hellinger vs MSE vs the other f-divergences (issue 7).
+"""Erasure-quality benchmark on the demo models: Hellinger vs MSE vs the other f-divergences (issues 7, 17).
 
     python benchmarks/erasure_quality.py --mode full --workers 2 --out benchmarks/results/quality  # 88.5 min
     python benchmarks/erasure_quality.py --mode guidance --workers 2 --out benchmarks/results/quality_guidance
     python benchmarks/erasure_quality.py --mode quick --out out/quality       # CI: about a minute
     python benchmarks/erasure_quality.py --report benchmarks/results/quality/results.json  # tables, plots again
     python benchmarks/erasure_quality.py --anchors  # how often the anchors show the target (anchor mode's cap)
+    python benchmarks/erasure_quality.py --domain patterns --mode defaults --out out/patterns  # the engine's defaults
+    python benchmarks/erasure_quality.py --domain patterns --mode defaults --x-source latents  # the model's own samples
+    python benchmarks/erasure_quality.py --domain patterns --anchors --mode defaults  # cap and anchor-pool spread
 
 Every run erases one concept (a shape towards "shape", or a colour towards no colour) from the demo
 model with one divergence, target mode, learning rate and seed, training the cross-attention K/V
@@ -26,6 +29,12 @@ attribute classifier:
 A second sweep scales sigma in the closed forms so that S/sigma^2 spans ~0.1 to ~10.
 Outputs: ``results.json`` (every run), ``table.md`` (mean and 95% interval over concepts x seeds)
 and PNG plots. Deterministic from the seeds.
+
+``--domain patterns`` runs the same measurements on the second demo domain (grey patterns, pixel
+space, cosine schedule; ``unlearn_core.demo.domains``): a mode's n concepts become its first n
+patterns, each erased onto "a pattern". ``--mode defaults`` runs ``EraseConfig()`` untouched (what the
+engine and node default to) with the domain's resolution; ``--x-source latents`` gives the erasure the
+model's own samples of the target prompts instead of the engine's anchor samples.
 """
 
 from __future__ import annotations

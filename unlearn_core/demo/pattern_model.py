@@ -2,11 +2,13 @@
 
 It reuses the demo's slim UNet and word encoder; what differs is the data and the schedule:
 
-- pixel space: a 32×32 grey image in [-1, 1] is folded space-to-depth into a 16×8×8 "latent"
-  (``pixel_unshuffle`` by 4, lossless, nothing to train), so the UNet runs on 8×8 like the demo's and
+- pixel space: a 24×24 grey image in [-1, 1] is folded space-to-depth into a 9×8×8 "latent"
+  (``pixel_unshuffle`` by 3, lossless, nothing to train), so the UNet runs on 8×8 like the demo's and
   the engine's ``resolution`` is 64 (latent side = resolution / 8);
+- v-prediction (the demo predicts epsilon), the usual partner of a cosine schedule;
 - a cosine noise schedule (Nichol & Dhariwal 2021), whose terminal ᾱ is 2.4e-9, as opposed to the
-  demo's SD1.5 schedule (ᾱ_T = 0.0047); the engine has to sample it without dividing by √ᾱ_T.
+  demo's SD1.5 schedule (ᾱ_T = 0.0047): the engine's sampler must not divide by √ᾱ_T there
+  (``schedule.sampling_start``), and clips x0 to the pixel range the denoiser declares.
 
 The small parts are shipped in ``unlearn_core/demo/weights_patterns`` (``python -m
 unlearn_core.demo.train_patterns`` retrains them). There is no ComfyUI checkpoint of this model.
@@ -21,21 +23,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..denoiser import Denoiser
+from ..denoiser import Conditioning, Denoiser
+from ..schedule import ddim_sample
 from .model import DemoDenoiser, _load, _save
 from .patterns import PATTERNS, SCALES
 from .slim_unet import SlimUNet
 from .text import WordEncoder
 
 PATTERN_WEIGHTS = Path(__file__).resolve().parent / "weights_patterns"
-FOLD = 4  # pixels per latent cell side
+FOLD = 3  # pixels per latent cell side
 LATENT_CHANNELS = FOLD * FOLD
-RESOLUTION = 64  # the engine's resolution for 8×8 latents (32×32 pixels)
+CONTEXT_TOKENS = 8  # start, up to 3 words, end, padding: the UNet sees these conditioning rows, not all 77
+RESOLUTION = 64  # the engine's resolution for 8×8 latents (24×24 pixels)
 ANCHOR = "pattern"
 
 
 def cosine_alphas_cumprod(steps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
-    """abar_t = prod_{u<=t} (1 - beta_u), beta_u = min(1 - f(u+1)/f(u), max_beta), f(u) = cos^2((u/T + s)/(1 + s) pi/2)."""
+    """abar_t = prod_{u<=t} (1 - beta_u), beta_u = min(1 - f(u+1)/f(u), max_beta), f(u) = cos^2((u/T+s)/(1+s) pi/2)."""
     u = torch.arange(steps + 1, dtype=torch.float64) / steps
     f = torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
     betas = (1 - f[1:] / f[:-1]).clamp(max=max_beta)
@@ -43,7 +47,7 @@ def cosine_alphas_cumprod(steps: int = 1000, s: float = 0.008, max_beta: float =
 
 
 class PatternModel(nn.Module):
-    """Prompt -> pixel-space denoiser -> 32×32 grey image."""
+    """Prompt -> pixel-space denoiser -> 24×24 grey image."""
 
     def __init__(self, unet: SlimUNet, words: WordEncoder):
         super().__init__()
@@ -71,49 +75,45 @@ class PatternModel(nn.Module):
 
     @staticmethod
     def encode(images: Tensor) -> Tensor:
-        """Images [B, 1, 32, 32] in [0, 1] -> latents [B, 16, 8, 8] in [-1, 1] (space-to-depth)."""
+        """Images [B, 1, 24, 24] in [0, 1] -> latents [B, 9, 8, 8] in [-1, 1] (space-to-depth)."""
         return F.pixel_unshuffle(images * 2 - 1, FOLD)
 
     @staticmethod
     def decode(latents: Tensor) -> Tensor:
-        """Latents -> images [B, 1, 32, 32] in [0, 1]."""
+        """Latents -> images [B, 1, 24, 24] in [0, 1]."""
         return (F.pixel_shuffle(latents, FOLD) / 2 + 0.5).clamp(0, 1)
 
     @torch.no_grad()
     def sample_latents(self, prompts: list[str], seed: int = 0, steps: int = 20, guidance: float = 4.0,
                        denoiser: Denoiser | None = None) -> Tensor:
-        """DDIM (eta = 0) with classifier-free guidance, x0 clipped to the data range [-1, 1] at every step."""
+        """Latents for ``prompts`` (one each, noise from ``seed``): the engine's DDIM, x0 clipped to [-1, 1]."""
         denoiser = denoiser or PatternDenoiser(self)
-        abar_all = denoiser.alphas_cumprod
-        gen = torch.Generator().manual_seed(seed)
-        x = torch.randn((len(prompts), LATENT_CHANNELS, 8, 8), generator=gen)
-        cond = torch.cat([denoiser.encode_prompts(prompts, (RESOLUTION, RESOLUTION))["context"],
-                          denoiser.encode_prompts([""] * len(prompts), (RESOLUTION, RESOLUTION))["context"]])
-        ts = torch.linspace(len(abar_all) - 1, 0, steps).round().long()
-        for i, t in enumerate(ts):
-            abar = abar_all[t]
-            eps_c, eps_u = denoiser(torch.cat([x, x]), t.repeat(2 * len(prompts)), {"context": cond}).chunk(2)
-            eps = eps_u + guidance * (eps_c - eps_u)
-            x0 = ((x - (1 - abar).sqrt() * eps) / abar.sqrt()).clamp(-1, 1)
-            eps = (x - abar.sqrt() * x0) / (1 - abar).sqrt()  # the noise consistent with the clipped x0
-            abar_next = abar_all[ts[i + 1]] if i + 1 < steps else torch.tensor(1.0)
-            x = abar_next.sqrt() * x0 + (1 - abar_next).sqrt() * eps
-        return x
+        size = (RESOLUTION, RESOLUTION)
+        cond = denoiser.encode_prompts(prompts, size)
+        uncond = denoiser.encode_prompts([""] * len(prompts), size)
+        return ddim_sample(denoiser, cond, uncond, (LATENT_CHANNELS, 8, 8), steps, guidance,
+                           torch.Generator().manual_seed(seed)).final
 
     def generate(self, prompts: list[str], seed: int = 0, steps: int = 20, guidance: float = 4.0,
                  denoiser: Denoiser | None = None) -> Tensor:
-        """Images [B, 1, 32, 32] in [0, 1] for ``prompts`` (one each, noise from ``seed``)."""
+        """Images [B, 1, 24, 24] in [0, 1] for ``prompts`` (one each, noise from ``seed``)."""
         return self.decode(self.sample_latents(prompts, seed, steps, guidance, denoiser))
 
 
 class PatternDenoiser(DemoDenoiser):
-    """The engine's view of the pattern model: the demo's, with 16 pixel channels and the cosine schedule."""
+    """The engine's view of the pattern model: the demo's, with 9 pixel channels, v-prediction, the cosine schedule."""
 
+    prediction_type = "v_prediction"
     latent_channels = LATENT_CHANNELS
+    data_range = (-1.0, 1.0)  # pixels: the sampler clips its x0 estimates here
 
     def __init__(self, model: PatternModel):
         super().__init__(model)
         self.alphas_cumprod = cosine_alphas_cumprod()
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str], size: tuple[int, int]) -> Conditioning:
+        return {"context": self.words(prompts)[:, :CONTEXT_TOKENS].to(self.device)}
 
 
 def pattern_prompts(concept: str) -> tuple[str, list[tuple[str, str]], list[str]]:

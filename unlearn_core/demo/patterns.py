@@ -1,7 +1,7 @@
 """Procedural images for the second demo domain: a grey-scale pattern filling the frame, with captions.
 
 Every image is one pattern (stripes, checks, dots, rings, waves) at one scale (small or large period)
-with random orientation, phase, centre, contrast and polarity. Captions fall back to the superclass
+with random orientation, phase, centre and contrast (dark ink on light paper). Captions fall back to the superclass
 word "pattern", so that anchors exist the way real models know "painting" for "Van Gogh":
 "small stripes", "stripes", "a small pattern", "a pattern", or the empty prompt.
 """
@@ -16,8 +16,8 @@ import torch
 PATTERNS = ("stripes", "checks", "dots", "rings", "waves")
 SCALES = ("small", "large")
 ATTRIBUTES = {"pattern": PATTERNS, "scale": SCALES}
-IMAGE_SIZE = 32
-_PERIOD = {"small": (4.0, 5.5), "large": (8.5, 12.0)}  # pixels
+IMAGE_SIZE = 24
+_PERIOD = {"small": (3.5, 4.5), "large": (7.0, 9.5)}  # pixels
 # Caption templates with their sampling weights; {s} scale, {p} pattern.
 TEMPLATES = (
     ("{s} {p}", 6),
@@ -69,8 +69,6 @@ def draw(attrs: Attributes, rng: np.random.Generator, size: int = IMAGE_SIZE, su
     mask = pattern_mask(attrs.pattern, u, v, np.hypot(du, dv), period).astype(np.float64)
     mask = mask.reshape(size, supersample, size, supersample).mean(axis=(1, 3))
     ink, paper = rng.uniform(0.0, 0.2), rng.uniform(0.8, 1.0)
-    if rng.random() < 0.5:
-        ink, paper = paper, ink
     return (mask * ink + (1 - mask) * paper).astype(np.float32)
 
 

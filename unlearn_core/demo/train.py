@@ -28,7 +28,7 @@ from .classifier import AttributeClassifier
 from .model import WEIGHTS, DemoModel, save_classifier
 from .shapes import ATTRIBUTES, COLORS, SHAPES, Attributes, batch, caption, vocabulary
 from .slim_unet import SlimUNet
-from .text import WordEncoder
+from .text import CONTEXT_LENGTH, WordEncoder
 from .tiny_vae import TinyAutoencoder
 
 
@@ -74,24 +74,30 @@ def encode_dataset(ae: TinyAutoencoder, size: int, device: str, rng: np.random.G
 
 def train_denoiser(latents: torch.Tensor, caption_of: Callable[[int, np.random.Generator], str],
                    token_ids: dict[str, int], steps: int, batch_size: int, width: int, device: str,
-                   rng: np.random.Generator, log: dict, alphas_cumprod: torch.Tensor | None = None):
-    """The slim UNet and word rows on ``latents`` (epsilon objective); ``caption_of(i, rng)`` captions latent i."""
+                   rng: np.random.Generator, log: dict, alphas_cumprod: torch.Tensor | None = None,
+                   prediction_type: str = "epsilon", peak_lr: float = 5e-4, context_tokens: int = CONTEXT_LENGTH):
+    """The slim UNet and word rows on ``latents`` (epsilon or v objective); ``caption_of(i, rng)`` captions latent i.
+
+    ``context_tokens``: the UNet sees the first that many token rows of the conditioning (77: all).
+    """
     unet = SlimUNet(width=width, hidden=4 * width, time_hidden=4 * width, latent_channels=latents.shape[1]).to(device)
     words = WordEncoder(token_ids).to(device)
     ema = copy.deepcopy(unet).requires_grad_(False)
     params = list(unet.parameters()) + list(words.parameters())
-    opt = torch.optim.AdamW(params, 5e-4, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, peak_lr, weight_decay=0.0)
     abar = (scaled_linear_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod).to(device)
     gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**31)))
     for step in range(steps):
-        _set_lr(opt, _lr(step, steps, 5e-4))
+        _set_lr(opt, _lr(step, steps, peak_lr))
         idx = torch.from_numpy(rng.integers(len(latents), size=batch_size))
         x0 = latents[idx]
         prompts = [caption_of(i, rng) for i in idx.tolist()]
         t = torch.randint(0, 1000, (batch_size,), generator=gen).to(device)
         noise = torch.randn(x0.shape, generator=gen).to(device)
         x_t = add_noise(x0, noise, abar[t])
-        loss = F.mse_loss(unet(x_t, t, words(prompts)), noise)
+        a = abar[t].view(-1, 1, 1, 1)
+        target = noise if prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0  # v
+        loss = F.mse_loss(unet(x_t, t, words(prompts)[:, :context_tokens]), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -3,7 +3,7 @@
     python -m unlearn_core.demo.train_patterns [--out unlearn_core/demo/weights_patterns] [--threads 1]
 
 Stages, with the demo's training functions: (1) the slim UNet and the word rows on a fixed set of
-pattern images folded to 16×8×8 (epsilon objective, cosine schedule, 2/17 empty prompts for guidance,
+pattern images folded to 9×8×8 (v objective, cosine schedule, 2/17 empty prompts for guidance,
 EMA weights), (2) the attribute classifier (pattern, scale) on fresh images, (3) a check that samples
 show what their prompts say. Everything is seeded; the runtime is in ``training.json``.
 """
@@ -20,7 +20,7 @@ import torch
 
 from .classifier import AttributeClassifier
 from .model import save_classifier
-from .pattern_model import PATTERN_WEIGHTS, PatternModel, cosine_alphas_cumprod
+from .pattern_model import CONTEXT_TOKENS, PATTERN_WEIGHTS, PatternDenoiser, PatternModel, cosine_alphas_cumprod
 from .patterns import ATTRIBUTES, PATTERNS, SCALES, Attributes, batch, caption, vocabulary
 from .train import clip_token_ids, default_tokenizer_dir, train_classifier, train_denoiser
 
@@ -51,10 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--tokenizer", type=Path, default=None)
-    parser.add_argument("--denoiser-steps", type=int, default=3000)
-    parser.add_argument("--classifier-steps", type=int, default=500)
-    parser.add_argument("--dataset", type=int, default=8192)
+    parser.add_argument("--denoiser-steps", type=int, default=1200)
+    parser.add_argument("--classifier-steps", type=int, default=300)
+    parser.add_argument("--dataset", type=int, default=4096)
     parser.add_argument("--width", type=int, default=40)
+    parser.add_argument("--lr", type=float, default=1e-3, help="the denoiser's peak learning rate")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -68,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     latents, attrs = dataset(args.dataset, rng)
     unet, words = train_denoiser(latents, lambda i, r: caption(attrs[i], r), token_ids, args.denoiser_steps, 32,
-                                 args.width, args.device, rng, log, alphas_cumprod=cosine_alphas_cumprod())
+                                 args.width, args.device, rng, log, alphas_cumprod=cosine_alphas_cumprod(),
+                                 prediction_type=PatternDenoiser.prediction_type, peak_lr=args.lr,
+                                 context_tokens=CONTEXT_TOKENS)
     log["seconds"]["denoiser"] = time.time() - start
     PatternModel(unet.cpu(), words.cpu()).save(args.out)
 
