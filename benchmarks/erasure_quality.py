@@ -53,6 +53,8 @@ import torch
 
 from unlearn_core.concepts import parse_concept_text
 from unlearn_core.demo.domains import DOMAINS, Domain
+from unlearn_core.injection import DeltaInjection
+from unlearn_core.report import measure
 from unlearn_core.samples import build_pool
 from unlearn_core.trainer import EraseConfig, StepInfo, erase
 
@@ -181,8 +183,7 @@ def one_run(model: torch.nn.Module, concept: str, label: str, target_mode: str, 
     probe = Probe(dom, model, denoiser, concept, eval_seeds)
     text, _, _ = dom.prompts(concept)
     bench = {} if label == "engine defaults" else dict(
-        sigma=sigma, **DIVERGENCES[label], target_mode=target_mode, learning_rate=lr, steps=steps, batch_size=4,
-        num_samples=8, sample_steps=10)
+        sigma=sigma, **DIVERGENCES[label], target_mode=target_mode, learning_rate=lr, steps=steps, sample_steps=10)
     config = EraseConfig(**bench, seed=seed, resolution=dom.resolution, x_source=x_source)
     latents = None
     if x_source == "latents":  # the model's own samples of the target prompts, as a user would encode them
@@ -198,10 +199,15 @@ def one_run(model: torch.nn.Module, concept: str, label: str, target_mode: str, 
             scores[info.step] = probe.score()
 
     started = time.time()
-    erase(denoiser, parse_concept_text(text), config, user_latents=latents, callback=callback)
+    erasure = erase(denoiser, parse_concept_text(text), config, user_latents=latents, callback=callback)
+    if any(s not in scores for s in evals):  # erase_until stopped it early: the returned state is the final one
+        with DeltaInjection(denoiser.net, erasure.names, erasure.delta):
+            final = probe.score()
+        scores.update({s: final for s in evals if s not in scores})
     efficacies = [(s, scores[s]["efficacy"]) for s in evals]
     return {"concept": concept, "divergence": label, "target_mode": config.target_mode, "lr": config.learning_rate,
             "seed": seed, "sigma": config.sigma, "ratio": ratio, "config": asdict(config), "domain": domain,
+            "steps_run": len(history),
             "seconds": time.time() - started,
             "before": {k: v for k, v in probe.reference.items() if k != "features"},
             "evals": {str(s): v for s, v in scores.items()},
@@ -260,6 +266,31 @@ def _plan(plan: dict, domain: Domain) -> dict:
         plan = {**plan, "steps": steps, "evals": tuple(sorted({steps // 4, steps // 2, steps})),
                 "target_modes": (defaults.target_mode,), "learning_rates": (defaults.learning_rate,)}
     return plan
+
+
+def report_agreement(domain: Domain, model: torch.nn.Module, concepts: tuple[str, ...],
+                     checkpoints: tuple[int, ...], eval_seeds: int) -> list[dict]:
+    """The Erasure Report beside the classifier: per concept, the untouched model and the default recipe
+    after each number of steps (mean "moved" over the pairs, largest keep drift, classifier efficacy)."""
+    denoiser, rows = domain.make_denoiser(model), []
+    for concept in concepts:
+        probe = Probe(domain, model, denoiser, concept, eval_seeds)
+        concept_set = parse_concept_text(domain.prompts(concept)[0])
+        for steps in checkpoints:
+            erasure = erase(denoiser, concept_set, EraseConfig(steps=steps, resolution=domain.resolution,
+                                                                 sample_steps=10, erase_until=0))
+            for strength in ((0.0, 1.0) if steps == checkpoints[0] else (1.0,)):  # strength 0: the untouched model
+                report = measure(denoiser, erasure, concept_set, resolution=domain.resolution, probes=4,
+                                 strength=strength)
+                with DeltaInjection(denoiser.net, erasure.names, lambda n: strength * erasure.delta(n)):
+                    efficacy = probe.score()["efficacy"]
+                rows.append({"concept": concept, "steps": steps if strength else 0, "efficacy": efficacy,
+                             "moved": 100 * float(np.mean([p["moved"] for p in report.pairs])),
+                             "moved_min": 100 * min(p["moved"] for p in report.pairs),
+                             "drift_max": 100 * max(k["drift"] for k in report.keep)})
+                print("| {concept} | {steps} | {efficacy:.0f} | {moved:.1f} (min {moved_min:.1f}) | "
+                      "{drift_max:.1f} |".format(**rows[-1]), flush=True)
+    return rows
 
 
 _WORKER: dict = {}
@@ -481,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="processes of one thread each (2 on a 2-core machine runs ~1.3x faster than 1 process)")
     parser.add_argument("--anchors", action="store_true",
                         help="run nothing else: print how often each concept's anchor prompts show the concept")
+    parser.add_argument("--agreement", action="store_true",
+                        help="run nothing else: the Erasure Report's numbers beside the classifier's (README)")
     parser.add_argument("--report", type=Path, metavar="RESULTS_JSON",
                         help="run nothing: rewrite table.md and the plots next to this results.json")
     parser.add_argument("--domain", choices=tuple(DOMAINS), default="shapes",
@@ -498,6 +531,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{concept}: the anchor prompts show {concept!r} in {rate:.0f}% of the original model's images; "
                   f"the engine's anchor pool has std {spread['pool_std']:.3g}, max |x| {spread['pool_max']:.3g} "
                   f"(the model's own samples: std {spread['own_std']:.3g}, max |x| {spread['own_max']:.3g})")
+        return 0
+    if args.agreement:
+        print("| concept | steps | classifier efficacy % | report: moved % (lowest pair) | largest keep drift % |\n"
+              "| --- | --- | --- | --- | --- |")
+        concepts = ("circle", "red") if args.domain == "shapes" else plan["concepts"][:2]
+        report_agreement(domain, domain.load_model(), concepts, (20, 60), eval_seeds=2)
         return 0
     if args.report:
         written = write_report(json.loads(args.report.read_text()), args.report.parent)

@@ -77,8 +77,10 @@ class SaveErasure:
 
 
 class ErasureReport:
-    DESCRIPTION = ("Measure an erasure in prediction space on fixed noisy latents: how far each target prompt "
-                   "moved onto its anchor (100% = erased) and how far the keep prompts drifted.")
+    DESCRIPTION = ("Measure an erasure in prediction space on probes it never trained on (the original model's "
+                   "own samples of each anchor, noised at mid timesteps): how far each target prompt moved onto its "
+                   "anchor (100% = predicts like the anchor; anchor_guidance aims past it) and how far the keep "
+                   "prompts drifted. See the README for how its numbers compare with a classifier.")
     CATEGORY = "unlearning"
     RETURN_TYPES = ("STRING", "IMAGE")
     RETURN_NAMES = ("report", "chart")
@@ -96,7 +98,8 @@ class ErasureReport:
                 "concepts": ("CONCEPT_SET", {"tooltip": "The prompts to measure (usually the erased set)."}),
                 "resolution": ("INT", {"default": 512, "min": 32, "max": 2048, "step": 8,
                                        "tooltip": "Image size in pixels of the probe latents."}),
-                "probes": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Noisy latents per prompt."}),
+                "probes": ("INT", {"default": 4, "min": 1, "max": 64,
+                                   "tooltip": "Probes per prompt pair (samples of its anchor, noised)."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Seed of the probe latents."}),
             }
         }

@@ -9,15 +9,11 @@ import torch
 import comfy.model_management as mm
 import comfy.utils
 
-from ..unlearn_core.parameters import PARAMETER_SETS
 from ..unlearn_core.plot import line_chart
-from ..unlearn_core.targets import TARGET_MODES
-from ..unlearn_core.trainer import PRECISIONS, EraseConfig, Eraser, StepInfo, divergence_names
+from ..unlearn_core.settings import config_from_inputs, node_inputs
+from ..unlearn_core.trainer import EraseConfig, Eraser, StepInfo
 from .comfy_adapter import ComfyDenoiser, apply_erasure, training_compatible
 from .images import to_image_tensor
-
-X_SOURCES = ["anchor_samples", "trajectory", "latents"]
-
 
 class _Progress:
     """ComfyUI progress bar per phase, loss in the console, and the Cancel button checked every step."""
@@ -33,7 +29,8 @@ class _Progress:
         if info.phase == "training" and (info.step % self.log_every == 0 or info.step in (1, info.total)):
             keep = f" keep S {info.keep_s:.3g}" if math.isfinite(info.keep_s) else ""
             print(f"[Divergence Unlearn] step {info.step}/{info.total} loss {info.loss:.5g} "
-                  f"S {info.mean_s:.3g}{keep} |grad| {info.grad_norm:.3g}")
+                  f"S {info.mean_s:.3g} (sigma {info.sigma:.3g}, r = S/sigma² {info.ratio:.3g}){keep} "
+                  f"|grad| {info.grad_norm:.3g}")
 
 
 class DivergenceUnlearn:
@@ -55,70 +52,16 @@ class DivergenceUnlearn:
                 "model": ("MODEL", {"tooltip": "The model to erase from (SD1.x, SD2.x or SDXL UNet)."}),
                 "clip": ("CLIP", {"tooltip": "The model's text encoder, used to encode the prompts."}),
                 "concepts": ("CONCEPT_SET", {"tooltip": "From Load Concept Set."}),
-                "divergence": (divergence_names(), {"default": "hellinger", "tooltip":
-                               "hellinger: bounded, the gentlest closed form; mse: the classic KL/MSE; "
-                               "pearson_chi2: weights the samples that differ most; alpha: the Amari family with "
-                               "the alpha below; variational_*: f-GAN bound with a critic, erases fastest and "
-                               "changes the rest most. See the README's measurements."}),
-                "alpha": ("FLOAT", {"default": 0.5, "min": -5.0, "max": 5.0, "step": 0.05,
-                                    "tooltip": "Alpha of the 'alpha' divergence (0.5 = Hellinger, 2 = chi²; 0 and 1 = KL)."}),
-                "sigma": ("FLOAT", {"default": 1.0, "min": 0.001, "max": 100.0, "step": 0.001,
-                                    "tooltip": "Scale of the closed forms, r = S/sigma². Their shapes differ only "
-                                               "where S/sigma² is about 1 or more; below that each is MSE times a "
-                                               "constant, which sets its balance against preservation_weight. "
-                                               "Watch S in the console."}),
-                "target_mode": (list(TARGET_MODES), {"default": "anchor", "tooltip":
-                                "anchor: become the anchor (Concept Ablation / f-DMU); negative_guidance: move away "
-                                "from the target (ESD); anchor_guidance: become the anchor minus what makes the target "
-                                "differ from it (when the anchor can still show the target, e.g. circle -> shape)."}),
-                "guidance_eta": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.1,
-                                           "tooltip": "Strength of negative_guidance / anchor_guidance (ESD's eta)."}),
-                "erase_from": ("STRING", {"default": "", "tooltip":
-                               "negative_guidance only: erase the target from this prompt (e.g. 'cowboy' to "
-                               "remove 'cowboy hat' from cowboys); empty = from the target itself."}),
-                "parameter_set": (list(PARAMETER_SETS), {"default": "cross_attn_kv", "tooltip":
-                                  "cross_attn_kv: K/V of cross-attention (styles, objects); cross_attn: ESD-x; "
-                                  "non_cross_attn: ESD-u (global concepts such as nudity); attn; full."}),
-                "lora_rank": ("INT", {"default": 0, "min": 0, "max": 256,
-                                      "tooltip": "0 trains full weight updates; >0 trains a LoRA of this rank."}),
-                "steps": ("INT", {"default": 200, "min": 1, "max": 100000, "tooltip": "Optimiser steps."}),
-                "learning_rate": ("FLOAT", {"default": 1e-4, "min": 1e-8, "max": 1.0, "step": 1e-6,
-                                            "round": False, "tooltip": "AdamW learning rate."}),
-                "batch_size": ("INT", {"default": 2, "min": 1, "max": 64, "tooltip": "Prompt pairs per step."}),
-                "resolution": ("INT", {"default": 512, "min": 32, "max": 2048, "step": 8,
-                                       "tooltip": "Image size in pixels of the training latents."}),
-                "x_source": (X_SOURCES, {"default": "anchor_samples", "tooltip":
-                             "anchor_samples: images the model draws from the anchor prompts; trajectory: the "
-                             "model's sampling path for the target (ESD); latents: the LATENT input."}),
-                "anchor_samples": ("INT", {"default": 8, "min": 1, "max": 1000,
-                                           "tooltip": "How many samples to generate once for the pool."}),
-                "sample_steps": ("INT", {"default": 20, "min": 1, "max": 200,
-                                         "tooltip": "Sampler steps for those samples."}),
-                "preservation_weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.1,
-                                                  "tooltip": "Weight of the keep prompts' loss."}),
-                "precision": (list(PRECISIONS), {"default": "bf16",
-                              "tooltip": "Autocast precision on GPU (trained tensors stay fp32; fp16 adds loss "
-                                         "scaling); CPU always uses fp32."}),
-                "gradient_checkpointing": ("BOOLEAN", {"default": False, "tooltip":
-                                           "Recompute activations in backward: less GPU memory, slower steps."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Same seed, same erasure."}),
+                **node_inputs(EraseConfig),
             },
             "optional": {
                 "latents": ("LATENT", {"tooltip": "Your own images of the concept (x_source = latents)."}),
+                **node_inputs(EraseConfig, optional=True),
             },
         }
 
-    def unlearn(self, model, clip, concepts, divergence, alpha, sigma, target_mode, guidance_eta, erase_from,
-                parameter_set, lora_rank, steps, learning_rate, batch_size, resolution, x_source, anchor_samples, sample_steps,
-                preservation_weight, precision, gradient_checkpointing, seed, latents=None):
-        config = EraseConfig(
-            divergence=divergence, alpha=alpha, sigma=sigma, target_mode=target_mode, guidance_eta=guidance_eta,
-            erase_from=erase_from,
-            parameter_set=parameter_set, lora_rank=lora_rank, steps=steps, learning_rate=learning_rate,
-            batch_size=batch_size, resolution=resolution, x_source=x_source, num_samples=anchor_samples,
-            sample_steps=sample_steps, preservation_weight=preservation_weight, precision=precision,
-            gradient_checkpointing=gradient_checkpointing, seed=seed,
-        )
+    def unlearn(self, model, clip, concepts, latents=None, **settings):
+        config = config_from_inputs(EraseConfig, settings)
         user_latents = None
         if latents is not None:
             with torch.inference_mode(False):
@@ -127,14 +70,16 @@ class DivergenceUnlearn:
         try:
             with torch.inference_mode(False), torch.enable_grad():
                 eraser = Eraser(denoiser, concepts, config, user_latents, callback=_Progress())
-                probe = denoiser.encode_prompts([""], (resolution, resolution))
+                probe = denoiser.encode_prompts([""], (config.resolution, config.resolution))
                 with training_compatible(denoiser, probe):
                     erasure = eraser.run()
         finally:
             denoiser.release()
-        print(f"[Divergence Unlearn] done: {steps} steps in {erasure.metadata['seconds']:.1f} s")
-        history = erasure.metadata["history"]
+        meta = erasure.metadata
+        print(f"[Divergence Unlearn] done in {meta['seconds']:.1f} s: {meta['stopped']}")
+        history = meta["history"]
         chart = line_chart({"loss": [h[1] for h in history], "S (target vs frozen target)": [h[2] for h in history],
-                            "gradient norm": [h[4] for h in history]},
-                           f"{divergence} erasure, {steps} steps, {erasure.metadata['seconds']:.1f} s")
+                            "gradient norm": [h[4] for h in history],
+                            "moved onto anchor (checks)": [h[5] for h in history]},
+                           f"{config.divergence}, {history[-1][0]} steps, {meta['seconds']:.1f} s: {meta['stopped']}")
         return (apply_erasure(model, erasure, 1.0), erasure, to_image_tensor(chart))

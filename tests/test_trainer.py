@@ -14,7 +14,7 @@ from unlearn_core.report import measure
 from unlearn_core.trainer import EraseConfig, Eraser, ErasureDiverged, divergence_names, erase
 
 CONCEPTS = parse_concept_text("a red circle -> a red shape\nkeep: a blue square\nkeep: a green triangle")
-QUICK = dict(resolution=64, num_samples=4, sample_steps=4, batch_size=2)
+QUICK = dict(resolution=64, num_samples=4, sample_steps=4, batch_size=2, erase_until=0)  # exactly `steps` steps
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def denoiser(tiny_pipe):
 
 def test_hellinger_moves_target_onto_anchor_and_keeps_preservation(denoiser):
     before = {n: p.clone() for n, p in denoiser.net.named_parameters()}
-    erasure = erase(denoiser, CONCEPTS, EraseConfig(steps=40, learning_rate=3e-3, **QUICK))
+    erasure = erase(denoiser, CONCEPTS, EraseConfig(target_mode="anchor", steps=40, learning_rate=3e-3, **QUICK))
     assert all(torch.equal(before[n], p) for n, p in denoiser.net.named_parameters()), "input model modified"
     report = measure(denoiser, erasure, CONCEPTS, resolution=64, probes=8)
     pair = report.pairs[0]
@@ -184,3 +184,37 @@ def test_fp16_loss_scaling_unscales_before_clipping_and_logging(denoiser, monkey
     plain_norms, scaled_norms = ([g for g in logged[k] if not math.isnan(g)] for k in ("plain", "scaled"))
     assert len(scaled_norms) == 3 and scaled_norms == pytest.approx(plain_norms, rel=1e-4)
     assert all(torch.allclose(plain.delta(n), scaled.delta(n), rtol=1e-4, atol=1e-8) for n in plain.names)
+
+
+def test_sigma_auto_calibrates_on_the_first_batches_and_is_recorded(denoiser):
+    steps = []
+    erasure = erase(denoiser, CONCEPTS, EraseConfig(sigma=0, steps=3, learning_rate=1e-3, **QUICK),
+                    callback=steps.append)
+    sigma = erasure.metadata["config"]["sigma"]
+    assert erasure.metadata["sigma_auto"] and sigma > 0 and all(s.sigma == sigma for s in steps)
+    first = steps[0]
+    assert 0.2 < first.ratio < 5, f"r = S/sigma² = {first.ratio:.3g} at the start; sigma² = median S should give ~1"
+    fixed = erase(denoiser, CONCEPTS, EraseConfig(sigma=0.5, steps=1, **QUICK))
+    assert fixed.metadata["config"]["sigma"] == 0.5 and not fixed.metadata["sigma_auto"]
+
+
+def test_erase_until_stops_once_the_probes_have_moved_and_says_why(denoiser):
+    checks = []
+    config = EraseConfig(**{**QUICK, "erase_until": 0.3}, target_mode="anchor", steps=200, learning_rate=3e-3,
+                         check_every=5)
+    erasure = erase(denoiser, CONCEPTS, config, callback=checks.append)
+    measured = [c for c in checks if math.isfinite(c.moved)]
+    last = erasure.metadata["history"][-1]
+    assert [c.step for c in measured] == list(range(5, last[0] + 1, 5)) and last[0] < 200
+    assert measured[-1].moved >= 0.3 > max(c.moved for c in measured[:-1])
+    assert erasure.metadata["stopped"] == f"erase_until 30% reached at step {last[0]} (moved {last[5]:.0%})"
+    fresh = measure(denoiser, erasure, CONCEPTS, resolution=64, probes=4, seed=7)  # other probes agree
+    assert fresh.pairs[0]["moved"] > 0.15, fresh.text()
+
+
+def test_keep_drift_limit_returns_the_best_state_seen(denoiser):
+    config = EraseConfig(**{**QUICK, "max_keep_drift": 1e-9}, steps=20, learning_rate=3e-3, check_every=5)
+    erasure = erase(denoiser, CONCEPTS, config)
+    assert erasure.metadata["stopped"].startswith("keep drift") and "returned the state of step 0" in \
+        erasure.metadata["stopped"]
+    assert all(erasure.delta(n).abs().sum() == 0 for n in erasure.names)  # step 0: nothing erased yet

@@ -2,8 +2,8 @@
 
 ``ui_to_api`` follows the frontend's rules: widget inputs (INT, FLOAT, STRING, BOOLEAN, combos) take
 ``widgets_values`` in the order ``INPUT_TYPES`` lists them, an INT named ``seed``/``noise_seed`` (or
-with ``control_after_generate``) is followed by its "fixed"/"randomize" control value, and every
-other input is a slot fed by a link. The tests use it to check each UI workflow against its API twin
+with ``control_after_generate``) is followed by its "fixed"/"randomize" control value, widgets added
+after the file was saved take their defaults, and every other input is a slot fed by a link. The tests use it to check each UI workflow against its API twin
 and against the node definitions of the running host.
 
 ``api_to_ui`` writes the UI files from the API ones: ``python tests/workflow_format.py`` regenerates
@@ -50,8 +50,8 @@ def ui_to_api(ui: dict, classes: dict) -> dict:
                 link = links[linked[name]]
                 inputs[name] = [str(link[1]), link[2]]
             elif _is_widget(kind, options):
-                inputs[name] = values.pop(0)
-                if _has_control(name, kind, options):
+                inputs[name] = values.pop(0) if values else options.get("default")  # saved before it existed
+                if _has_control(name, kind, options) and values:
                     values.pop(0)
         if values:
             raise ValueError(f"node {node['id']} ({node['type']}) has {len(values)} widget values too many")

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from .concepts import ConceptSetError, load_concept_file, parse_concept_text
-from .trainer import EraseConfig, StepInfo, divergence_names, erase
+from .settings import add_arguments, config_from_inputs
+from .trainer import EraseConfig, StepInfo, erase
 
 
 def _concepts(value: str):
@@ -26,7 +27,8 @@ def _progress(info: StepInfo) -> None:
             print(file=sys.stderr)
         return
     bar = "#" * int(30 * info.step / info.total)
-    print(f"\rtraining [{bar:<30}] {info.step}/{info.total} loss {info.loss:.4g} S {info.mean_s:.3g}",
+    print(f"\rtraining [{bar:<30}] {info.step}/{info.total} loss {info.loss:.4g} S {info.mean_s:.3g} "
+          f"r {info.ratio:.3g} (sigma {info.sigma:.3g})",
           end="\n" if info.step == info.total else "", file=sys.stderr, flush=True)
 
 
@@ -44,18 +46,17 @@ def cmd_erase(args) -> int:
     from .adapters.diffusers_sd import DiffusersDenoiser
     from .report import measure
 
+    if args.x_source == "latents":
+        raise ValueError("--x-source latents needs your own latents, which the command line does not take: "
+                         "use anchor_samples or trajectory")
     concepts = _concepts(args.concepts)
+    config = config_from_inputs(EraseConfig, vars(args))
     denoiser, _ = DiffusersDenoiser.from_folder(args.pipeline, device=args.device)
-    config = EraseConfig(divergence=args.divergence, alpha=args.alpha, sigma=args.sigma, target_mode=args.target_mode,
-                         parameter_set=args.parameter_set, lora_rank=args.lora_rank, steps=args.steps,
-                         learning_rate=args.lr, batch_size=args.batch_size, resolution=args.resolution,
-                         num_samples=args.anchor_samples, sample_steps=args.sample_steps, seed=args.seed,
-                         precision=args.precision, gradient_checkpointing=args.gradient_checkpointing)
     erasure = erase(denoiser, concepts, config, callback=_progress)
     path = erasure.save(args.out)
     report = measure(denoiser, erasure, concepts, resolution=args.resolution)
     print(report.text())
-    print(f"erasure written to {path} ({erasure.metadata['seconds']:.1f} s)")
+    print(f"erasure written to {path} ({erasure.metadata['seconds']:.1f} s; {erasure.metadata['stopped']})")
     if args.report_json:
         Path(args.report_json).write_text(json.dumps({"pairs": report.pairs, "keep": report.keep}, indent=1))
     return 0
@@ -100,23 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a concept-set file (.txt/.json/.yaml) or inline lines separated by ';', "
                         "e.g. 'Van Gogh -> a painting; keep: a photo of a dog'")
     e.add_argument("--out", required=True, help="output .safetensors file")
-    e.add_argument("--divergence", default="hellinger", choices=divergence_names())
-    e.add_argument("--alpha", type=float, default=0.5)
-    e.add_argument("--sigma", type=float, default=1.0)
-    e.add_argument("--target-mode", default="anchor", choices=["anchor", "negative_guidance"])
-    e.add_argument("--parameter-set", default="cross_attn_kv")
-    e.add_argument("--lora-rank", type=int, default=0)
-    e.add_argument("--steps", type=int, default=200)
-    e.add_argument("--lr", type=float, default=1e-4)
-    e.add_argument("--batch-size", type=int, default=2)
-    e.add_argument("--resolution", type=int, default=512)
-    e.add_argument("--anchor-samples", type=int, default=8)
-    e.add_argument("--sample-steps", type=int, default=20)
-    e.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    e.add_argument("--gradient-checkpointing", action="store_true",
-                   help="recompute activations in backward (less memory, slower)")
+    add_arguments(e, EraseConfig)
     e.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    e.add_argument("--seed", type=int, default=0)
     e.add_argument("--report-json", help="also write the prediction-space report as JSON")
     e.set_defaults(run=cmd_erase)
 

@@ -1,10 +1,12 @@
-"""Measure an erasure in prediction space, on fixed noisy latents (no sampling, no classifier).
+"""Measure an erasure in prediction space, on fixed probes the erasure never trained on (no classifier).
 
-For each prompt pair and each probe (x_t, t):
+The probes are the original model's own samples of each pair's anchor prompt (fresh seeds), noised at
+timesteps spread over the middle of the schedule, where the prompt decides what the image shows. For
+each prompt pair, with c = the target's and a = the anchor's prediction of the original model and
+e = the erased model's prediction for the target, on the same probes:
 
-    before = S(original(target), original(anchor))     how far the target starts from the anchor
-    after  = S(erased(target),   original(anchor))     how far it is after the erasure
-    moved  = 1 - after / before                          1: target now predicts the anchor; 0: unchanged
+    moved = <e - c, a - c> / |a - c|^2     0: unchanged; 1 (100 %): predicts like the anchor;
+                                           above 1: past it (anchor_guidance aims at 1 + eta)
 
 and for each keep prompt ``drift = S(erased(keep), original(keep)) / S(original(keep), original(target))``:
 the change of a kept prompt, relative to how different that prompt is from the erased target.
@@ -13,16 +15,25 @@ the change of a kept prompt, relative to how different that prompt is from the e
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import Tensor
 
 from .concepts import ConceptSet
-from .denoiser import Denoiser
+from .denoiser import Conditioning, Denoiser, cat_cond, index_cond
 from .divergences import squared_error
 from .erasure import Erasure
 from .injection import DeltaInjection
+from .samples import build_pool
 from .schedule import add_noise
+
+Predict = Callable[[bool, Tensor, Tensor, Conditioning], Tensor]
+"""(original?, x_t, t, conditioning) -> the network output, of the original model or of the erased one."""
+
+PROBE_WINDOW = (0.25, 0.75)  # probe timesteps, as fractions of the schedule
+PROBE_SAMPLE_STEPS = 10
+PROBE_GUIDANCE = 6.0
 
 
 @dataclass
@@ -31,51 +42,86 @@ class ErasureReport:
     keep: list[dict] = field(default_factory=list)  # {prompt, drift, absolute}
 
     def text(self) -> str:
-        lines = ["Erasure report (prediction space; moved 100% = target now predicts like the anchor)"]
+        lines = ["Erasure report (prediction space; moved 100% = the target now predicts like its anchor; "
+                 "anchor_guidance aims past it)"]
         for p in self.pairs:
             lines.append(f"  {p['target']!r} -> {p['anchor']!r}: moved {100 * p['moved']:.1f}% "
-                         f"(S {p['before']:.3g} -> {p['after']:.3g})")
+                         f"(S to the anchor {p['before']:.3g} -> {p['after']:.3g})")
         for k in self.keep:
             lines.append(f"  keep {k['prompt']!r}: drift {100 * k['drift']:.1f}% (S {k['absolute']:.3g})")
         return "\n".join(lines)
+
+
+class Probes:
+    """Fixed probes (see the module docstring) with the original model's predictions on them.
+
+    Build it while ``denoiser`` computes the original model (its samples are the probes).
+    """
+
+    def __init__(self, denoiser: Denoiser, predict: Predict, pairs: list[tuple[str, str]], keep: list[str],
+                 conds: dict[str, Conditioning], per_pair: int, resolution: int, generator: torch.Generator):
+        self.pairs, self.keep, self.conds = pairs, keep, conds
+        anchors = cat_cond([conds[a] for _, a in pairs])
+        side = resolution // 8
+        pool = build_pool("anchor_samples", denoiser, anchors, conds[""], per_pair * len(pairs),
+                          (denoiser.latent_channels, side, side), PROBE_SAMPLE_STEPS, PROBE_GUIDANCE, generator)
+        num_t = denoiser.alphas_cumprod.shape[0]
+        lo, hi = (round(f * (num_t - 1)) for f in PROBE_WINDOW)
+        self.t = torch.linspace(lo, hi, per_pair).round().long().repeat_interleave(len(pairs))
+        noise = torch.randn(pool.x0.shape, generator=generator)
+        self.x_t = add_noise(pool.x0, noise, denoiser.alphas_cumprod[self.t])
+        self.pair = pool.pair_index
+        self.target = self._run(predict, True, [t for t, _ in pairs])
+        self.anchor = self._run(predict, True, [a for _, a in pairs])
+        self.keep_original = {k: predict(True, self.x_t, self.t, self._rows(k)) for k in keep}
+
+    def _rows(self, prompt: str) -> Conditioning:
+        return index_cond(self.conds[prompt], torch.zeros(len(self.t), dtype=torch.long))
+
+    def _run(self, predict: Predict, original: bool, prompts: list[str]) -> Tensor:
+        """Each probe's prediction for its own pair's prompt from ``prompts`` (one per pair)."""
+        return predict(original, self.x_t, self.t, index_cond(cat_cond([self.conds[p] for p in prompts]), self.pair))
+
+    def measure(self, predict: Predict) -> ErasureReport:
+        """The report of the erased model that ``predict(False, ...)`` evaluates."""
+        erased = self._run(predict, False, [t for t, _ in self.pairs])
+        report = ErasureReport()
+        for i, (target, anchor) in enumerate(self.pairs):
+            rows = self.pair == i
+            c, a, e = self.target[rows], self.anchor[rows], erased[rows]
+            span = (a - c).square().sum()
+            report.pairs.append(dict(target=target, anchor=anchor, before=squared_error(c, a).mean().item(),
+                                     after=squared_error(e, a).mean().item(),
+                                     moved=((e - c) * (a - c)).sum().item() / span.item() if span > 0 else 0.0))
+        for prompt in self.keep:
+            orig = self.keep_original[prompt]
+            absolute = squared_error(predict(False, self.x_t, self.t, self._rows(prompt)), orig).mean().item()
+            scale = squared_error(orig, self.target).mean().item()
+            report.keep.append(dict(prompt=prompt, absolute=absolute, drift=absolute / scale if scale > 0 else 0.0))
+        return report
+
+
+def encode_all(denoiser: Denoiser, concepts: ConceptSet, resolution: int) -> dict[str, Conditioning]:
+    """One-row conditionings of every prompt of ``concepts``, and of the empty prompt."""
+    prompts = sorted({p for pair in concepts.prompt_pairs() for p in pair} | set(concepts.keep) | {""})
+    return dict(zip(prompts, (denoiser.encode_prompts([p], (resolution,) * 2) for p in prompts)))
 
 
 @torch.no_grad()
 def measure(denoiser: Denoiser, erasure: Erasure, concepts: ConceptSet, resolution: int = 512,
             probes: int = 4, seed: int = 0, strength: float = 1.0) -> ErasureReport:
     """Prediction-space efficacy and preservation of ``erasure`` on ``denoiser`` (see module docstring)."""
-    gen = torch.Generator().manual_seed(seed)
-    side = resolution // 8
-    x0 = torch.randn(probes, denoiser.latent_channels, side, side, generator=gen)
-    noise = torch.randn(x0.shape, generator=gen)
-    t = torch.linspace(100, denoiser.alphas_cumprod.shape[0] - 100, probes).long()
-    x_t = add_noise(x0, noise, denoiser.alphas_cumprod[t]).to(denoiser.device, denoiser.dtype)
-    t = t.to(denoiser.device)
-    pairs = concepts.prompt_pairs()
-    prompts = {p for pair in pairs for p in pair} | set(concepts.keep)
-    conds = {p: {k: v.expand(probes, *v.shape[1:]) for k, v in denoiser.encode_prompts([p], (resolution,) * 2).items()}
-             for p in prompts}
     injection = DeltaInjection(denoiser.net, erasure.names, lambda n: strength * erasure.delta(n))
 
-    def original(prompt: str) -> Tensor:
-        with injection.frozen():
-            return denoiser(x_t, t, conds[prompt]).float()
+    def predict(original: bool, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+        x_t, t = x_t.to(denoiser.device, denoiser.dtype), t.to(denoiser.device)
+        if original:
+            with injection.frozen():
+                return denoiser(x_t, t, cond).float().cpu()
+        return denoiser(x_t, t, cond).float().cpu()
 
-    def erased(prompt: str) -> Tensor:
-        return denoiser(x_t, t, conds[prompt]).float()
-
-    report = ErasureReport()
+    probe_set = Probes(denoiser, predict, concepts.prompt_pairs(), list(concepts.keep),
+                       encode_all(denoiser, concepts, resolution), probes, resolution,
+                       torch.Generator().manual_seed(seed))  # built on the original network: no deltas yet
     with injection:
-        for target, anchor in pairs:
-            orig_anchor = original(anchor)
-            before = squared_error(original(target), orig_anchor).mean().item()
-            after = squared_error(erased(target), orig_anchor).mean().item()
-            report.pairs.append(dict(target=target, anchor=anchor, before=before, after=after,
-                                     moved=1 - after / before if before > 0 else 0.0))
-        first_target = original(pairs[0][0])
-        for prompt in concepts.keep:
-            orig = original(prompt)
-            absolute = squared_error(erased(prompt), orig).mean().item()
-            scale = squared_error(orig, first_target).mean().item()
-            report.keep.append(dict(prompt=prompt, absolute=absolute, drift=absolute / scale if scale > 0 else 0.0))
-    return report
+        return probe_set.measure(predict)

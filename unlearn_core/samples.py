@@ -19,6 +19,9 @@ from .denoiser import Conditioning, Denoiser, index_cond
 from .schedule import TIMESTEP_SAMPLERS, add_noise, ddim_sample
 
 
+X_SOURCES = ("anchor_samples", "trajectory", "latents")
+
+
 @dataclass
 class LatentPool:
     """Clean latents ``x0`` [N, C, H, W] (noised on draw), or a DDIM trajectory pool (used as is)."""
@@ -67,8 +70,8 @@ def build_pool(
             raise ValueError(f"the latents have {user_latents.shape[1]} channels but this model expects "
                              f"{latent_shape[0]}: encode the images with this model's VAE")
         return LatentPool(x0=user_latents.float().cpu(), pair_index=torch.full((user_latents.shape[0],), -1))
-    if source not in ("anchor_samples", "trajectory"):
-        raise ValueError(f"unknown x_t source {source!r}; choose anchor_samples, trajectory or latents")
+    if source not in X_SOURCES:
+        raise ValueError(f"unknown x_t source {source!r}; choose one of {', '.join(X_SOURCES)}")
     pair_index = torch.arange(num_samples) % num_pairs
     cond = index_cond(prompt_conds, pair_index)
     batch_uncond = index_cond(uncond, torch.zeros(num_samples, dtype=torch.long))

@@ -29,7 +29,7 @@ def x0_eps_from_epsilon(eps: Tensor, x_t: Tensor, a: Tensor) -> tuple[Tensor, Te
 
 
 def x0_eps_from_v(v: Tensor, x_t: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
-    """x0 = sqrt(abar) x_t - sqrt(1 - abar) v, eps = sqrt(1 - abar) x_t + sqrt(abar) v: no division, safe at abar = 0."""
+    """x0 = sqrt(abar) x_t - sqrt(1 - abar) v, eps = sqrt(1 - abar) x_t + sqrt(abar) v (safe at abar = 0)."""
     return a.sqrt() * x_t - (1 - a).sqrt() * v, (1 - a).sqrt() * x_t + a.sqrt() * v
 
 

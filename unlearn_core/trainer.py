@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import torch
@@ -37,8 +37,10 @@ from .divergences import (
 )
 from .erasure import Erasure, fingerprint, new_metadata
 from .injection import DeltaInjection, checkpointed
-from .parameters import WeightDeltas, select_parameters
-from .samples import build_pool
+from .parameters import PARAMETER_SETS, WeightDeltas, select_parameters
+from .report import Probes, encode_all
+from .samples import X_SOURCES, build_pool
+from .settings import setting
 from .targets import TARGET_MODES, PromptBank
 
 VARIATIONAL_PREFIX = "variational_"
@@ -52,31 +54,61 @@ def divergence_names() -> list[str]:
 
 @dataclass
 class EraseConfig:
-    divergence: str = "hellinger"
-    alpha: float = 0.5  # used by divergence "alpha"
-    sigma: float = 1.0  # scale of the closed forms: r = S / sigma^2
+    """Every erase setting. Those declared with ``setting`` are the node's widgets (in this order: saved
+    workflows store them by position) and the CLI's options; the defaults are the benchmarked recipe
+    (README, "Choosing a divergence"). The others are engine-only."""
+
+    divergence: str = setting("hellinger", choices=divergence_names, help=(
+        "hellinger: bounded, the gentlest closed form; mse: the classic KL/MSE; pearson_chi2: weights the samples "
+        "that differ most; alpha: the Amari family with the alpha below; variational_*: f-GAN bound with a critic, "
+        "erases fastest and changes the rest most. See the README's measurements."))
+    alpha: float = setting(0.5, "Alpha of the 'alpha' divergence (0.5 = Hellinger, 2 = chi²; 0 and 1 = KL).",
+                           low=-5.0, high=5.0, step=0.05)
+    sigma: float = setting(1.0, low=0.0, high=100.0, step=0.001, help=(
+        "Scale of the closed forms, r = S/sigma². 0 = auto: sigma² = the median S of the first batches, so that r "
+        "starts near 1 where the closed forms differ. Below r ~ 1 each is MSE times a constant, which sets its "
+        "balance against preservation_weight. The console shows S, r and the sigma used."))
     timestep_weight: str = "none"  # "none" or "kl" (exact per-timestep KL weight, mean 1)
-    target_mode: str = "anchor"  # see targets.TARGET_MODES
-    guidance_eta: float = 1.0  # negative_guidance strength
-    erase_from: str = ""  # negative_guidance: erase the target from this prompt (default: the target)
-    parameter_set: str = "cross_attn_kv"
-    lora_rank: int = 0  # 0: full deltas
-    steps: int = 200
-    learning_rate: float = 1e-4
-    batch_size: int = 2
+    target_mode: str = setting("anchor_guidance", choices=lambda: list(TARGET_MODES), help=(
+        "anchor: become the anchor (Concept Ablation / f-DMU); negative_guidance: move away from the target (ESD); "
+        "anchor_guidance: become the anchor minus what makes the target differ from it (when the anchor can still "
+        "show the target, e.g. circle -> shape)."))
+    guidance_eta: float = setting(1.0, "Strength of negative_guidance / anchor_guidance (ESD's eta).",
+                                  low=0.0, high=10.0, step=0.1)
+    erase_from: str = setting("", "negative_guidance only: erase the target from this prompt (e.g. 'cowboy' to "
+                                  "remove 'cowboy hat' from cowboys); empty = from the target itself.")
+    parameter_set: str = setting("cross_attn_kv", choices=lambda: list(PARAMETER_SETS), help=(
+        "cross_attn_kv: K/V of cross-attention (styles, objects); cross_attn: ESD-x; non_cross_attn: ESD-u (global "
+        "concepts such as nudity); attn; full."))
+    lora_rank: int = setting(0, "0 trains full weight updates; >0 trains a LoRA of this rank.", low=0, high=256)
+    steps: int = setting(60, "Optimiser steps.", low=1, high=100000)
+    learning_rate: float = setting(5e-4, "AdamW learning rate.", low=1e-8, high=1.0, step=1e-6, aliases=("--lr",))
+    batch_size: int = setting(4, "Prompt pairs per step.", low=1, high=64)
     grad_accumulation: int = 1
     max_grad_norm: float = 1.0  # 0 disables clipping
     weight_decay: float = 1e-2
-    resolution: int = 512  # pixels; the latent is resolution / 8
-    x_source: str = "anchor_samples"  # anchor_samples | trajectory | latents
-    num_samples: int = 8
-    sample_steps: int = 20
+    resolution: int = setting(512, "Image size in pixels of the training latents.", low=32, high=2048, step=8)
+    x_source: str = setting("anchor_samples", choices=X_SOURCES, help=(
+        "anchor_samples: images the model draws from the anchor prompts; trajectory: the model's sampling path for "
+        "the target (ESD); latents: the LATENT input."))
+    num_samples: int = setting(8, "How many samples to generate once for the pool.", low=1, high=1000,
+                               name="anchor_samples")
+    sample_steps: int = setting(20, "Sampler steps for those samples.", low=1, high=200)
     sample_guidance: float = 6.0
     timestep_sampling: str = "uniform"
-    preservation_weight: float = 1.0
-    seed: int = 0
-    precision: str = "fp32"  # autocast dtype on GPU: fp32, bf16 or fp16 (master weights stay fp32)
-    gradient_checkpointing: bool = False  # recompute the network's blocks in backward: less memory, ~30% slower
+    preservation_weight: float = setting(1.0, "Weight of the keep prompts' loss.", low=0.0, high=100.0, step=0.1)
+    precision: str = setting("bf16", choices=lambda: list(PRECISIONS), help=(
+        "Autocast precision on GPU (trained tensors stay fp32; fp16 adds loss scaling); CPU always uses fp32."))
+    gradient_checkpointing: bool = setting(False, "Recompute activations in backward: less GPU memory, slower steps.")
+    seed: int = setting(0, "Same seed, same erasure.", low=0, high=0xFFFFFFFF)
+    erase_until: float = setting(0.9, low=0.0, high=5.0, step=0.05, optional=True, help=(
+        "Stop once every target has moved this far onto its anchor (0.9 = 90 %, as the Erasure Report measures it "
+        "on fixed probes never trained on); 0 = always run all steps. steps is then the most it runs."))
+    check_every: int = setting(10, "Measure the probes every this many steps (erase_until, max_keep_drift).",
+                               low=1, high=100000, optional=True)
+    max_keep_drift: float = setting(0.0, low=0.0, high=100.0, step=0.05, optional=True, help=(
+        "Stop when a keep prompt drifts more than this (Erasure Report's drift, 0.5 = 50 %) and return the best "
+        "state measured before; 0 = no limit."))
     critic_lr: float = 1e-4
     critic_warmup: int = 30
     log_every: int = 1  # host-device sync (loss, S, grad norm, finiteness check) every N steps
@@ -91,6 +123,27 @@ class StepInfo:
     mean_s: float = math.nan  # mean S of the erasure terms (before sigma)
     keep_s: float = math.nan  # mean S of the preservation terms
     grad_norm: float = math.nan
+    sigma: float = math.nan  # the closed forms' sigma (calibrated when the setting is 0 = auto)
+    moved: float = math.nan  # on check steps: the least any target moved onto its anchor (report.Probes)
+    drift: float = math.nan  # on check steps: the largest keep drift
+
+    @property
+    def ratio(self) -> float:
+        """r = S / sigma^2: about 1 or more where the closed forms' shapes differ."""
+        return self.mean_s / self.sigma**2
+
+
+SIGMA_CALIBRATION_BATCHES = 4
+PROBES_PER_PAIR = 2  # probes of erase_until / max_keep_drift
+
+
+@dataclass
+class Checkpoint:
+    """The state measured at a check step (deltas on the CPU only when they may be restored)."""
+
+    step: int
+    moved: float
+    state: dict[str, Tensor] | None = None
 
 
 class ErasureDiverged(RuntimeError):
@@ -104,13 +157,14 @@ def _check_config(config: EraseConfig) -> None:
         raise ValueError(f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}")
     if config.timestep_weight not in ("none", "kl"):
         raise ValueError("timestep_weight must be 'none' or 'kl'")
-    for name in ("steps", "batch_size", "grad_accumulation", "resolution", "num_samples", "sample_steps", "log_every"):
+    for name in ("steps", "batch_size", "grad_accumulation", "resolution", "num_samples", "sample_steps", "log_every",
+                 "check_every"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be at least 1, got {getattr(config, name)}")
     if config.resolution % 8:
         raise ValueError(f"resolution must be a multiple of 8 pixels, got {config.resolution}")
-    if config.sigma <= 0 or config.learning_rate <= 0:
-        raise ValueError("sigma and learning_rate must be positive")
+    if config.sigma < 0 or config.learning_rate <= 0:
+        raise ValueError("sigma must be positive (or 0 = auto) and learning_rate positive")
 
 
 class Eraser:
@@ -196,6 +250,9 @@ class Eraser:
                                     self.user_latents,
                                     on_step=lambda i, n: self.callback(StepInfo("sampling", i, n)))
         self._injection = DeltaInjection(self.denoiser.net, names, deltas.delta_of)
+        checking = cfg.erase_until > 0 or cfg.max_keep_drift > 0
+        with torch.no_grad():
+            self._probes = self._make_probes() if checking else None
         blocks = self.denoiser.checkpoint_blocks() if cfg.gradient_checkpointing else []
         with self._injection, checkpointed(self.denoiser.net, blocks):
             history = self._train(deltas)
@@ -237,7 +294,10 @@ class Eraser:
                 self._critic_step(critic, critic_opt, target, pred, t)
                 self.callback(StepInfo("critic_warmup", i + 1, cfg.critic_warmup))
 
+        self.sigma = cfg.sigma or self._calibrated_sigma()
         history: list[StepInfo] = []
+        best = Checkpoint(0, 0.0, self._snapshot(deltas))
+        self.stop_reason = f"ran all {cfg.steps} steps"
         for step in range(1, cfg.steps + 1):
             sums = torch.zeros(3, device=self.device)  # loss, S, keep S
             for _ in range(cfg.grad_accumulation):
@@ -253,7 +313,7 @@ class Eraser:
                     critic.requires_grad_(True)
                 else:
                     w = t_weight[t].to(self.device) if t_weight is not None else None
-                    loss = erasure_loss(s, self.divergence, cfg.sigma, w)
+                    loss = erasure_loss(s, self.divergence, self.sigma, w)
                 s_keep = torch.zeros((), device=self.device)
                 if keep_target is not None:
                     s_keep = squared_error(out[cfg.batch_size:], keep_target).mean()
@@ -269,18 +329,65 @@ class Eraser:
             scaler.step(optimizer)  # with fp16, skips a step whose gradients overflowed and lowers the scale
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
-            if step % cfg.log_every == 0 or step == cfg.steps:
+            check = self._probes is not None and (step % cfg.check_every == 0 or step == cfg.steps)
+            if step % cfg.log_every == 0 or step == cfg.steps or check:
                 loss, mean_s, keep_s = sums.tolist()
                 info = StepInfo("training", step, cfg.steps, loss=loss, mean_s=mean_s,
-                                keep_s=keep_s if self._keep is not None else math.nan, grad_norm=float(grad_norm))
+                                keep_s=keep_s if self._keep is not None else math.nan, grad_norm=float(grad_norm),
+                                sigma=self.sigma)
                 overflow_skipped = scaler.is_enabled() and not math.isfinite(info.grad_norm)
                 if not (math.isfinite(info.loss) and (math.isfinite(info.grad_norm) or overflow_skipped)):
                     raise ErasureDiverged(
                         f"the erasure diverged at step {step} (loss {info.loss}, gradient norm {info.grad_norm}): "
                         "lower the learning rate, raise sigma, or use a bounded divergence such as hellinger")
+                if check:
+                    with torch.no_grad():
+                        report = self._probes.measure(self._predict)
+                    info.moved = min(p["moved"] for p in report.pairs)
+                    info.drift = max((k["drift"] for k in report.keep), default=0.0)
                 history.append(info)
                 self.callback(info)
+                if check and cfg.max_keep_drift > 0 and info.drift > cfg.max_keep_drift:
+                    deltas.load_state_dict(best.state)
+                    self.stop_reason = (f"keep drift {info.drift:.0%} passed max_keep_drift {cfg.max_keep_drift:.0%} "
+                                        f"at step {step}: returned the state of step {best.step} "
+                                        f"(moved {best.moved:.0%})")
+                    break
+                if check:
+                    best = Checkpoint(step, info.moved, self._snapshot(deltas))
+                if check and cfg.erase_until > 0 and info.moved >= cfg.erase_until:
+                    self.stop_reason = (f"erase_until {cfg.erase_until:.0%} reached at step {step} "
+                                        f"(moved {info.moved:.0%})")
+                    break
+        if self._probes is not None and best.step == cfg.steps:
+            self.stop_reason += f" (moved {best.moved:.0%})"
         return history
+
+    def _make_probes(self) -> Probes:
+        """The fixed probes of erase_until / max_keep_drift, from their own seed (the pool never holds them)."""
+        cfg = self.config
+        conds = encode_all(self.denoiser, self.concepts, cfg.resolution)
+        return Probes(self.denoiser, self._predict, self.pairs, list(self.concepts.keep), conds, PROBES_PER_PAIR,
+                      cfg.resolution, torch.Generator().manual_seed(cfg.seed + 1))
+
+    def _predict(self, original: bool, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+        return self._net_call(original, x_t, t, cond).cpu()
+
+    def _snapshot(self, deltas: WeightDeltas) -> dict[str, Tensor] | None:
+        """A CPU copy of the deltas where max_keep_drift may need to return to them."""
+        if self.config.max_keep_drift <= 0:
+            return None
+        return {k: v.detach().cpu().clone() for k, v in deltas.state_dict().items()}
+
+    def _calibrated_sigma(self) -> float:
+        """sigma = sqrt(median S) of the untrained model over the first batches (the setting's 0 = auto)."""
+        s = []
+        for _ in range(SIGMA_CALIBRATION_BATCHES):
+            x_t, t, target, _, conds = self._draw()
+            with torch.no_grad():
+                pred = self._net_call(True, x_t, t, index_cond(conds, torch.arange(self.config.batch_size)))
+            s.append(squared_error(pred, target))
+        return float(torch.cat(s).median().clamp_min(1e-12).sqrt())
 
     def _critic_step(self, critic: Critic, opt: torch.optim.Optimizer, p: Tensor, q: Tensor, t: Tensor) -> None:
         """One ascent step of the variational bound: p = frozen anchor outputs, q = trained target outputs."""
@@ -306,9 +413,11 @@ class Eraser:
             prediction_type=self.denoiser.prediction_type,
             fingerprint=fingerprint(originals),
             concepts=self.concepts.to_dict(),
-            config=asdict(self.config),
+            config=asdict(replace(self.config, sigma=self.sigma)),
+            sigma_auto=self.config.sigma == 0,
             seconds=round(seconds, 2),
-            history=[[h.step, h.loss, h.mean_s, h.keep_s, h.grad_norm] for h in history],
+            history=[[h.step, h.loss, h.mean_s, h.keep_s, h.grad_norm, h.moved, h.drift] for h in history],
+            stopped=self.stop_reason,
         )
         return erasure
 

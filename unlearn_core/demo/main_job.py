@@ -33,21 +33,24 @@ from PIL import Image
 
 from ..headless import ComfyServer, host_label, prepare_host
 from ..plot import comparison_grid
+from ..settings import defaults
+from ..trainer import EraseConfig
 from .assemble import CHECKPOINT_NAME, write_checkpoint
 from .shapes import BACKGROUNDS, COLORS, SHAPES
 
 CELL = 96  # grid cell size in pixels (64-pixel samples are upscaled, nearest)
+DEMO_POOL_STEPS = 10  # sampler steps of the erasure's anchor pool: the 64-pixel demo needs no more
 
 
 @dataclass
 class JobOptions:
     concept: str = "circle"
     anchor: str = ""  # default: "shape" for a shape; the same prompt without the colour for a colour
-    divergence: str = "hellinger"
-    alpha: float = 0.5
-    target_mode: str = "anchor_guidance"  # "a red shape" can be a circle; this steers the anchor away from it
-    steps: int = 60
-    learning_rate: float = 5e-4
+    divergence: str = EraseConfig.divergence
+    alpha: float = EraseConfig.alpha
+    target_mode: str = EraseConfig.target_mode
+    steps: int = EraseConfig.steps
+    learning_rate: float = EraseConfig.learning_rate
     seeds: int = 6
     sample_steps: int = 15
     cfg: float = 4.0
@@ -91,11 +94,9 @@ def build_graph(opts: JobOptions, ckpt_name: str, concept_text: str, prompts: li
                      "inputs": {"text": concept_text, "preset": "none", "file": "none"}},
         "unlearn": {"class_type": "DivergenceUnlearn", "inputs": {
             "model": ["ckpt", 0], "clip": ["ckpt", 1], "concepts": ["concepts", 0],
-            "divergence": opts.divergence, "alpha": opts.alpha, "sigma": 1.0, "target_mode": opts.target_mode,
-            "guidance_eta": 1.0, "erase_from": "", "parameter_set": "cross_attn_kv", "lora_rank": 0,
-            "steps": opts.steps, "learning_rate": opts.learning_rate, "batch_size": 4,
-            "resolution": opts.resolution, "x_source": "anchor_samples", "anchor_samples": 8, "sample_steps": 10,
-            "preservation_weight": 1.0, "precision": "fp32", "gradient_checkpointing": False, "seed": opts.seed}},
+            **defaults(EraseConfig), "divergence": opts.divergence, "alpha": opts.alpha,
+            "target_mode": opts.target_mode, "steps": opts.steps, "learning_rate": opts.learning_rate,
+            "resolution": opts.resolution, "sample_steps": DEMO_POOL_STEPS, "seed": opts.seed}},
         "save": {"class_type": "DivergenceUnlearnSaveErasure",
                  "inputs": {"erasure": ["unlearn", 1], "filename_prefix": "erasures/demo"}},
         "report": {"class_type": "DivergenceUnlearnErasureReport", "inputs": {

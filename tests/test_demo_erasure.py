@@ -1,0 +1,68 @@
+"""Erasure works on the demo model, as its classifier sees it, with the default recipe (quick: 40 steps, a
+handful of images); the Erasure Report calls that erased, the untouched model not, and erase_until stops."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unlearn_core.concepts import parse_concept_text
+from unlearn_core.demo.main_job import demo_prompts
+from unlearn_core.demo.model import DemoDenoiser, DemoModel, load_classifier
+from unlearn_core.injection import DeltaInjection
+from unlearn_core.report import measure
+from unlearn_core.trainer import EraseConfig, erase
+
+DEMO = dict(resolution=64, sample_steps=10)  # the 64-pixel demo's sizes; everything else is the default recipe
+SEEDS = (1000, 1001)
+
+
+@pytest.fixture(scope="module")
+def demo():
+    model = DemoModel.load()
+    return model, DemoDenoiser(model), load_classifier()
+
+
+@pytest.fixture(scope="module")
+def circle(demo):
+    model, denoiser, _ = demo
+    text, targets, keep = demo_prompts("circle", "")
+    concepts = parse_concept_text(text)
+    return concepts, [t for t, _ in targets], keep, erase(denoiser, concepts, EraseConfig(steps=40, erase_until=0,
+                                                                                           **DEMO))
+
+
+def shapes_seen(demo, prompts: list[str], erasure=None) -> list[str]:
+    model, denoiser, clf = demo
+    scale = 1.0 if erasure is not None else 0.0
+    names = erasure.names if erasure is not None else []
+    with DeltaInjection(denoiser.net, names, lambda n: scale * erasure.delta(n)):
+        images = [model.generate(prompts, seed=seed, denoiser=denoiser) for seed in SEEDS]
+        return [s for batch in images for s in clf.predict(batch)["shape"]]
+
+
+def test_the_default_recipe_erases_circles_and_keeps_the_other_shapes(demo, circle):
+    _, targets, keep, erasure = circle
+    assert shapes_seen(demo, targets).count("circle") == len(targets) * len(SEEDS)  # the original draws circles
+    after = shapes_seen(demo, targets, erasure)
+    assert after.count("circle") <= 1, after
+    kept = shapes_seen(demo, keep, erasure)
+    wanted = [p.split()[2] for p in keep] * len(SEEDS)
+    assert sum(k == w for k, w in zip(kept, wanted)) >= 0.85 * len(wanted), list(zip(kept, wanted))
+
+
+def test_the_report_calls_the_erasure_erased_and_the_untouched_model_not(demo, circle):
+    _, denoiser, _ = demo
+    concepts, _, _, erasure = circle
+    erased = measure(denoiser, erasure, concepts, resolution=64, probes=4)
+    untouched = measure(denoiser, erasure, concepts, resolution=64, probes=4, strength=0.0)
+    assert min(p["moved"] for p in erased.pairs) >= 0.9, erased.text()
+    assert max(abs(p["moved"]) for p in untouched.pairs) < 1e-6, untouched.text()
+    assert all(k["drift"] == 0 for k in untouched.keep)
+
+
+def test_erase_until_stops_the_default_recipe_early_on_the_demo(demo):
+    _, denoiser, _ = demo
+    concepts = parse_concept_text(demo_prompts("red", "")[0])
+    erasure = erase(denoiser, concepts, EraseConfig(steps=120, **DEMO))
+    assert erasure.metadata["stopped"].startswith("erase_until 90% reached"), erasure.metadata["stopped"]
