@@ -521,9 +521,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--x-source", choices=("anchor_samples", "latents"), default="anchor_samples",
                         help="the erasure's x_t pool: the engine's anchor samples, or the model's own samples of "
                              "the target prompts given as latents")
+    parser.add_argument("--concepts", nargs="+", metavar="CONCEPT", help="erase these instead of the mode's concepts")
     args = parser.parse_args(argv)
     domain = DOMAINS[args.domain]
     plan = _plan(MODES[args.mode], domain)
+    if args.concepts:
+        plan = {**plan, "concepts": tuple(args.concepts), "sigma_concepts": (), "lr_sweep": None}
     if args.anchors:
         model = domain.load_model()
         for concept, rate in anchor_rates(domain, model, plan["concepts"]).items():
@@ -583,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
 
     options = "".join(f" --{k} {v}" for k, v in (("domain", args.domain), ("x-source", args.x_source))
                       if v != parser.get_default(k.replace("-", "_")))
+    options += f" --concepts {' '.join(args.concepts)}" if args.concepts else ""
     meta = {"mode": args.mode, "plan": plan, "seconds": time.time() - started, "torch": torch.__version__,
             "workers": args.workers, "date": time.strftime("%Y-%m-%d"), "domain": args.domain,
             "x_source": args.x_source,
