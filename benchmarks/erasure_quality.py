@@ -5,9 +5,9 @@
     python benchmarks/erasure_quality.py --mode quick --out out/quality       # CI: about a minute
     python benchmarks/erasure_quality.py --report benchmarks/results/quality/results.json  # tables, plots again
     python benchmarks/erasure_quality.py --anchors  # how often the anchors show the target (anchor mode's cap)
-    python benchmarks/erasure_quality.py --domain patterns --mode defaults --out out/patterns  # the engine's defaults
-    python benchmarks/erasure_quality.py --domain patterns --mode defaults --x-source latents  # the model's own samples
-    python benchmarks/erasure_quality.py --domain patterns --anchors --mode defaults  # cap and anchor-pool spread
+    python benchmarks/erasure_quality.py --domain patterns --mode defaults --concepts checks dots --out out/patterns
+    python benchmarks/erasure_quality.py --domain patterns --mode defaults --concepts checks dots --x-source latents
+    python benchmarks/erasure_quality.py --domain patterns --mode defaults --concepts checks dots --anchors
 
 Every run erases one concept (a shape towards "shape", or a colour towards no colour) from the demo
 model with one divergence, target mode, learning rate and seed, training the cross-attention K/V
@@ -32,9 +32,10 @@ and PNG plots. Deterministic from the seeds.
 
 ``--domain patterns`` runs the same measurements on the second demo domain (grey patterns, pixel
 space, cosine schedule; ``unlearn_core.demo.domains``): a mode's n concepts become its first n
-patterns, each erased onto "a pattern". ``--mode defaults`` runs ``EraseConfig()`` untouched (what the
-engine and node default to) with the domain's resolution; ``--x-source latents`` gives the erasure the
-model's own samples of the target prompts instead of the engine's anchor samples.
+patterns, each erased onto "a pattern" (``--concepts`` picks others). ``--mode defaults`` runs
+``EraseConfig()`` untouched (what the engine and node default to) with the domain's resolution, and
+again with ``erase_until`` 0; ``--x-source latents`` gives the erasure the model's own samples of the
+target prompts instead of the engine's anchor samples.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ DIVERGENCES = {  # label -> EraseConfig fields
     # erasure term weighted 1/8 against the (MSE) preservation term. MSE at sigma^2 = 8 is exactly that.
     "mse, sigma^2 = 8 (control)": {"divergence": "mse", "sigma": 8 ** 0.5},
     "engine defaults": {},  # EraseConfig() as it is: every setting the engine and the node default to
+    "engine defaults, erase_until 0": {"erase_until": 0},  # the same, always running every step
 }
 MODES = {
     # Main grid, every divergence x both target modes x 3 seeds x 4 concepts at one learning rate; the
@@ -95,9 +97,10 @@ MODES = {
                   sigma_divergences=("hellinger",)),
     # The engine's defaults untouched (divergence, target mode, lr, steps, batch, pool): what a new user
     # gets on a model nobody tuned for. steps/evals are the defaults' own (filled in at run time).
-    "defaults": dict(concepts=("circle", "square", "red", "blue"), divergences=("engine defaults",),
-                     target_modes=(None,), seeds=(0,), learning_rates=(None,), lr_sweep=None, steps=None, evals=None,
-                     eval_seeds=2, sigma_concepts=(), sigma_ratios=(), sigma_divergences=()),
+    "defaults": dict(concepts=("circle", "square", "red", "blue"),
+                     divergences=("engine defaults", "engine defaults, erase_until 0"), target_modes=(None,),
+                     seeds=(0,), learning_rates=(None,), lr_sweep=None, steps=None, evals=None, eval_seeds=4,
+                     sigma_concepts=(), sigma_ratios=(), sigma_divergences=()),
 }
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
          11: 2.201, 15: 2.131, 20: 2.086, 30: 2.042}
@@ -182,7 +185,7 @@ def one_run(model: torch.nn.Module, concept: str, label: str, target_mode: str, 
     denoiser = dom.make_denoiser(model)
     probe = Probe(dom, model, denoiser, concept, eval_seeds)
     text, _, _ = dom.prompts(concept)
-    bench = {} if label == "engine defaults" else dict(
+    bench = DIVERGENCES[label] if label.startswith("engine defaults") else dict(
         sigma=sigma, **DIVERGENCES[label], target_mode=target_mode, learning_rate=lr, steps=steps, sample_steps=10)
     config = EraseConfig(**bench, seed=seed, resolution=dom.resolution, x_source=x_source)
     latents = None
@@ -476,8 +479,9 @@ def plots(runs: list[dict], sigma_runs: list[dict], evals: tuple[int, ...], out:
         if not group:
             continue
         axes[0].plot((0, *evals), mean_curve(group, evals, "efficacy"), "-o", color=colours[label], label=label)
-        hist = np.array([[h[3] for h in r["history"]] for r in group])
-        axes[1].plot(np.arange(1, hist.shape[1] + 1), hist.mean(0), color=colours[label], label=label, lw=1)
+        longest = max(len(r["history"]) for r in group)  # erase_until can stop a run early
+        hist = np.array([[h[3] for h in r["history"]] + [np.nan] * (longest - len(r["history"])) for r in group])
+        axes[1].plot(np.arange(1, longest + 1), np.nanmean(hist, 0), color=colours[label], label=label, lw=1)
         s_vals = np.concatenate([[h[2] for h in r["history"]] for r in group])
         g_vals = np.concatenate([[h[3] for h in r["history"]] for r in group])
         axes[2].scatter(s_vals, g_vals, s=3, color=colours[label], label=label, alpha=0.4)

@@ -41,7 +41,7 @@ def test_space_to_depth_round_trips_images(model):
     images = batch(4, np.random.default_rng(0))[0]
     latents = model.encode(images)
     assert latents.shape == (4, 9, 8, 8) and latents.min() >= -1 and latents.max() <= 1
-    assert torch.equal(model.decode(latents), images.clamp(0, 1))
+    assert torch.allclose(model.decode(latents), images, atol=1e-6)
 
 
 def test_shipped_parts_are_small_and_every_caption_word_is_one_clip_token(model):
