@@ -81,6 +81,7 @@ def _own_pattern(model, clf, prompts, seeds=3):
     return float(np.mean(hits))
 
 
+@pytest.mark.slow  # minutes on the shared 2 cores; not yet timed on a quiet machine
 def test_engine_defaults_erase_a_pattern_onto_the_superclass(model, clf):
     text, targets, keep = pattern_prompts("dots")
     targets = [t for t, _ in targets]
