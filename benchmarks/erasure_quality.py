@@ -1,10 +1,13 @@
-"""Erasure-quality benchmark on the demo model: Hellinger vs MSE vs the other f-divergences (issue 7).
+"""Erasure-quality benchmark on the demo models: Hellinger vs MSE vs the other f-divergences (issues 7, 17).
 
     python benchmarks/erasure_quality.py --mode full --workers 2 --out benchmarks/results/quality  # 88.5 min
     python benchmarks/erasure_quality.py --mode guidance --workers 2 --out benchmarks/results/quality_guidance
     python benchmarks/erasure_quality.py --mode quick --out out/quality       # CI: about a minute
     python benchmarks/erasure_quality.py --report benchmarks/results/quality/results.json  # tables, plots again
     python benchmarks/erasure_quality.py --anchors  # how often the anchors show the target (anchor mode's cap)
+    python benchmarks/erasure_quality.py --domain patterns --mode defaults --concepts checks dots --out out/patterns
+    python benchmarks/erasure_quality.py --domain patterns --mode defaults --concepts checks dots --x-source latents
+    python benchmarks/erasure_quality.py --domain patterns --mode defaults --concepts checks dots --anchors
 
 Every run erases one concept (a shape towards "shape", or a colour towards no colour) from the demo
 model with one divergence, target mode, learning rate and seed, training the cross-attention K/V
@@ -26,6 +29,13 @@ attribute classifier:
 A second sweep scales sigma in the closed forms so that S/sigma^2 spans ~0.1 to ~10.
 Outputs: ``results.json`` (every run), ``table.md`` (mean and 95% interval over concepts x seeds)
 and PNG plots. Deterministic from the seeds.
+
+``--domain patterns`` runs the same measurements on the second demo domain (grey patterns, pixel
+space, cosine schedule; ``unlearn_core.demo.domains``): a mode's n concepts become its first n
+patterns, each erased onto "a pattern" (``--concepts`` picks others). ``--mode defaults`` runs
+``EraseConfig()`` untouched (what the engine and node default to) with the domain's resolution, and
+again with ``erase_until`` 0; ``--x-source latents`` gives the erasure the model's own samples of the
+target prompts instead of the engine's anchor samples.
 """
 
 from __future__ import annotations
@@ -43,11 +53,10 @@ import numpy as np
 import torch
 
 from unlearn_core.concepts import parse_concept_text
-from unlearn_core.demo.main_job import demo_prompts
-from unlearn_core.demo.model import DemoDenoiser, DemoModel, load_classifier
-from unlearn_core.demo.shapes import SHAPES
+from unlearn_core.demo.domains import DOMAINS, Domain
 from unlearn_core.injection import DeltaInjection
 from unlearn_core.report import measure
+from unlearn_core.samples import build_pool
 from unlearn_core.trainer import EraseConfig, StepInfo, erase
 
 DIVERGENCES = {  # label -> EraseConfig fields
@@ -62,6 +71,8 @@ DIVERGENCES = {  # label -> EraseConfig fields
     # Control: at S << sigma^2 Hellinger's loss -exp(-r/8) has gradient ~ grad(r)/8, i.e. MSE with its
     # erasure term weighted 1/8 against the (MSE) preservation term. MSE at sigma^2 = 8 is exactly that.
     "mse, sigma^2 = 8 (control)": {"divergence": "mse", "sigma": 8 ** 0.5},
+    "engine defaults": {},  # EraseConfig() as it is: every setting the engine and the node default to
+    "engine defaults, erase_until 0": {"erase_until": 0},  # the same, always running every step
 }
 MODES = {
     # Main grid, every divergence x both target modes x 3 seeds x 4 concepts at one learning rate; the
@@ -84,6 +95,12 @@ MODES = {
                   target_modes=("anchor",), seeds=(0,), learning_rates=(1e-3,), lr_sweep=None, steps=40,
                   evals=(20, 40), eval_seeds=2, sigma_concepts=("circle",), sigma_ratios=(10.0,),
                   sigma_divergences=("hellinger",)),
+    # The engine's defaults untouched (divergence, target mode, lr, steps, batch, pool): what a new user
+    # gets on a model nobody tuned for. steps/evals are the defaults' own (filled in at run time).
+    "defaults": dict(concepts=("circle", "square", "red", "blue"),
+                     divergences=("engine defaults", "engine defaults, erase_until 0"), target_modes=(None,),
+                     seeds=(0,), learning_rates=(None,), lr_sweep=None, steps=None, evals=None, eval_seeds=4,
+                     sigma_concepts=(), sigma_ratios=(), sigma_divergences=()),
 }
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
          11: 2.201, 15: 2.131, 20: 2.086, 30: 2.042}
@@ -117,12 +134,11 @@ _REFERENCES: dict = {}  # (model, concept, seeds) -> the original model's sample
 class Probe:
     """Samples the target and kept prompts of one concept with fixed seeds and scores them."""
 
-    def __init__(self, model: DemoModel, denoiser: DemoDenoiser, concept: str, seeds: int):
-        self.model, self.denoiser, self.clf = model, denoiser, load_classifier()
-        _, targets, self.keep = demo_prompts(concept, "")
+    def __init__(self, domain: Domain, model: torch.nn.Module, denoiser, concept: str, seeds: int):
+        self.domain, self.model, self.denoiser, self.clf = domain, model, denoiser, domain.load_classifier()
+        _, targets, self.keep = domain.prompts(concept)
         self.targets = [t for t, _ in targets]
-        self.attr = "shape" if concept in SHAPES else "color"
-        self.other = "color" if self.attr == "shape" else "shape"
+        self.attr, self.other = domain.attribute_of(concept), domain.other_attribute(concept)
         self.concept, self.seeds = concept, seeds
         key = (id(model), concept, seeds)  # erase() leaves the model unmodified, so one sampling serves all runs
         if key not in _REFERENCES:
@@ -131,19 +147,18 @@ class Probe:
 
     def _sample(self) -> dict:
         prompts = self.targets + self.keep
-        preds = {"shape": [], "color": []}
+        preds = {self.attr: [], self.other: []}
         feats = []
         for seed in range(self.seeds):
             images = self.model.generate(prompts, seed=1000 + seed, denoiser=self.denoiser)
             p = self.clf.predict(images)
-            preds["shape"] += p["shape"]
-            preds["color"] += p["color"]
+            for attr in preds:
+                preds[attr] += p[attr]
             feats.append(self.clf.features_of(images)[len(self.targets):])
-        words = [p.split() for p in prompts] * self.seeds
+        named = [self.domain.named(p) for p in prompts] * self.seeds
         n_t = len(self.targets)
-        is_target = [i % len(prompts) < n_t for i in range(len(words))]
-        named = {"shape": [w[2] for w in words], "color": [w[1] for w in words]}
-        hit = {a: [p == n for p, n in zip(preds[a], named[a])] for a in preds}
+        is_target = [i % len(prompts) < n_t for i in range(len(named))]
+        hit = {a: [p == n[a] for p, n in zip(preds[a], named)] for a in preds}
         return {
             "target_shows": 100 * np.mean([h for h, t in zip(hit[self.attr], is_target) if t]),
             "in_domain": 100 * np.mean([h for h, t in zip(hit[self.attr], is_target) if not t]),
@@ -163,13 +178,20 @@ class Probe:
                 "kid_x1000": 1000 * kid((now["features"] - mu) / sd, (ref["features"] - mu) / sd)}
 
 
-def one_run(model: DemoModel, concept: str, label: str, target_mode: str, lr: float, seed: int, steps: int,
-            evals: tuple[int, ...], eval_seeds: int, sigma: float = 1.0, ratio: float | None = None) -> dict:
-    denoiser = DemoDenoiser(model)
-    probe = Probe(model, denoiser, concept, eval_seeds)
-    text, _, _ = demo_prompts(concept, "")
-    config = EraseConfig(**{"sigma": sigma, **DIVERGENCES[label]}, target_mode=target_mode, learning_rate=lr,
-                         seed=seed, steps=steps, resolution=64, sample_steps=10)
+def one_run(model: torch.nn.Module, concept: str, label: str, target_mode: str, lr: float, seed: int, steps: int,
+            evals: tuple[int, ...], eval_seeds: int, sigma: float = 1.0, ratio: float | None = None,
+            domain: str = "shapes", x_source: str = "anchor_samples") -> dict:
+    dom = DOMAINS[domain]
+    denoiser = dom.make_denoiser(model)
+    probe = Probe(dom, model, denoiser, concept, eval_seeds)
+    text, _, _ = dom.prompts(concept)
+    bench = DIVERGENCES[label] if label.startswith("engine defaults") else dict(
+        sigma=sigma, **DIVERGENCES[label], target_mode=target_mode, learning_rate=lr, steps=steps, sample_steps=10)
+    config = EraseConfig(**bench, seed=seed, resolution=dom.resolution, x_source=x_source)
+    latents = None
+    if x_source == "latents":  # the model's own samples of the target prompts, as a user would encode them
+        latents = dom.own_latents(model, [probe.targets[i % len(probe.targets)] for i in range(config.num_samples)],
+                                  500)
     history, scores = [], {}
 
     def callback(info: StepInfo) -> None:
@@ -180,45 +202,89 @@ def one_run(model: DemoModel, concept: str, label: str, target_mode: str, lr: fl
             scores[info.step] = probe.score()
 
     started = time.time()
-    erase(denoiser, parse_concept_text(text), config, callback=callback)
+    erasure = erase(denoiser, parse_concept_text(text), config, user_latents=latents, callback=callback)
+    if any(s not in scores for s in evals):  # erase_until stopped it early: the returned state is the final one
+        with DeltaInjection(denoiser.net, erasure.names, erasure.delta):
+            final = probe.score()
+        scores.update({s: final for s in evals if s not in scores})
     efficacies = [(s, scores[s]["efficacy"]) for s in evals]
-    return {"concept": concept, "divergence": label, "target_mode": target_mode, "lr": lr, "seed": seed,
-            "sigma": config.sigma, "ratio": ratio, "config": asdict(config), "seconds": time.time() - started,
+    return {"concept": concept, "divergence": label, "target_mode": config.target_mode, "lr": config.learning_rate,
+            "seed": seed, "sigma": config.sigma, "ratio": ratio, "config": asdict(config), "domain": domain,
+            "steps_run": len(history),
+            "seconds": time.time() - started,
             "before": {k: v for k, v in probe.reference.items() if k != "features"},
             "evals": {str(s): v for s, v in scores.items()},
             "steps_to_90": next((s for s, e in efficacies if e >= 90), None),
             "history": history}
 
 
-def anchor_rates(model: DemoModel, concepts: tuple[str, ...], seeds: int = 8) -> dict[str, float]:
+def anchor_rates(domain: Domain, model: torch.nn.Module, concepts: tuple[str, ...], seeds: int = 8) -> dict[str, float]:
     """% of the original model's images of each concept's anchor prompts that show the concept itself.
 
     Anchor mode trains the target towards the anchor, so this caps its efficacy near 100 minus it.
     """
-    denoiser, clf, rates = DemoDenoiser(model), load_classifier(), {}
+    denoiser, clf, rates = domain.make_denoiser(model), domain.load_classifier(), {}
     for concept in concepts:
-        text, _, _ = demo_prompts(concept, "")
+        text, _, _ = domain.prompts(concept)
         anchors = [line.split(" -> ")[1] for line in text.splitlines() if " -> " in line]
-        attr = "shape" if concept in SHAPES else "color"
+        attr = domain.attribute_of(concept)
         hits = [p == concept for seed in range(seeds)
                 for p in clf.predict(model.generate(anchors, seed=1000 + seed, denoiser=denoiser))[attr]]
         rates[concept] = 100 * float(np.mean(hits))
     return rates
 
 
-def report_agreement(model: DemoModel, concepts: tuple[str, ...], checkpoints: tuple[int, ...],
-                     eval_seeds: int) -> list[dict]:
+@torch.no_grad()
+def pool_spread(domain: Domain, model: torch.nn.Module, concept: str) -> dict[str, float]:
+    """Standard deviation and largest |value| of the engine's anchor-sample pool and of the model's own samples.
+
+    With EraseConfig's pool settings; on a schedule whose terminal abar is ~0 a sampler that divides by
+    sqrt(abar_T) makes the pool explode, and the erasure then trains on those values.
+    """
+    config, denoiser = EraseConfig(), domain.make_denoiser(model)
+    text, targets, _ = domain.prompts(concept)
+    anchors = [line.split(" -> ")[1] for line in text.splitlines() if " -> " in line]
+    size = (domain.resolution, domain.resolution)
+    side = domain.resolution // 8
+    pool = build_pool("anchor_samples", denoiser, denoiser.encode_prompts(anchors, size),
+                      denoiser.encode_prompts([""] * len(anchors), size), config.num_samples,
+                      (denoiser.latent_channels, side, side), config.sample_steps, config.sample_guidance,
+                      torch.Generator().manual_seed(0)).x0
+    own = domain.own_latents(model, [t for t, _ in targets], 0)
+    return {"pool_std": pool.std().item(), "pool_max": pool.abs().max().item(),
+            "own_std": own.std().item(), "own_max": own.abs().max().item()}
+
+
+def _plan(plan: dict, domain: Domain) -> dict:
+    """The mode's plan for ``domain``: its concepts mapped onto the domain's (the first n values of its first
+    attribute), and the engine's own steps, target mode and learning rate where the plan leaves them open."""
+    if domain.name != "shapes":
+        own = next(iter(domain.attributes.values()))
+        plan = {**plan, **{key: own[:len(plan[key])] for key in ("concepts", "sigma_concepts")}}
+        if plan["lr_sweep"]:
+            plan["lr_sweep"] = {**plan["lr_sweep"], "concepts": own[:len(plan["lr_sweep"]["concepts"])]}
+    if plan["steps"] is None:
+        defaults = EraseConfig()
+        steps = defaults.steps
+        plan = {**plan, "steps": steps, "evals": tuple(sorted({steps // 4, steps // 2, steps})),
+                "target_modes": (defaults.target_mode,), "learning_rates": (defaults.learning_rate,)}
+    return plan
+
+
+def report_agreement(domain: Domain, model: torch.nn.Module, concepts: tuple[str, ...],
+                     checkpoints: tuple[int, ...], eval_seeds: int) -> list[dict]:
     """The Erasure Report beside the classifier: per concept, the untouched model and the default recipe
     after each number of steps (mean "moved" over the pairs, largest keep drift, classifier efficacy)."""
-    denoiser, rows = DemoDenoiser(model), []
+    denoiser, rows = domain.make_denoiser(model), []
     for concept in concepts:
-        probe = Probe(model, denoiser, concept, eval_seeds)
-        concept_set = parse_concept_text(demo_prompts(concept, "")[0])
+        probe = Probe(domain, model, denoiser, concept, eval_seeds)
+        concept_set = parse_concept_text(domain.prompts(concept)[0])
         for steps in checkpoints:
-            erasure = erase(denoiser, concept_set, EraseConfig(steps=steps, resolution=64, sample_steps=10,
-                                                                 erase_until=0))
+            erasure = erase(denoiser, concept_set, EraseConfig(steps=steps, resolution=domain.resolution,
+                                                                 sample_steps=10, erase_until=0))
             for strength in ((0.0, 1.0) if steps == checkpoints[0] else (1.0,)):  # strength 0: the untouched model
-                report = measure(denoiser, erasure, concept_set, resolution=64, probes=4, strength=strength)
+                report = measure(denoiser, erasure, concept_set, resolution=domain.resolution, probes=4,
+                                 strength=strength)
                 with DeltaInjection(denoiser.net, erasure.names, lambda n: strength * erasure.delta(n)):
                     efficacy = probe.score()["efficacy"]
                 rows.append({"concept": concept, "steps": steps if strength else 0, "efficacy": efficacy,
@@ -233,25 +299,25 @@ def report_agreement(model: DemoModel, concepts: tuple[str, ...], checkpoints: t
 _WORKER: dict = {}
 
 
-def _start_worker(threads: int) -> None:
+def _start_worker(threads: int, domain: str) -> None:
     torch.set_num_threads(threads)
-    _WORKER["model"] = DemoModel.load()
+    _WORKER["model"] = DOMAINS[domain].load_model()
 
 
 def _run_in_worker(job: dict) -> dict:
     return one_run(_WORKER["model"], **job)
 
 
-def run_all(jobs: list[dict], workers: int, describe) -> list[dict]:
+def run_all(jobs: list[dict], workers: int, describe, domain: str = "shapes") -> list[dict]:
     """Run the jobs on ``workers`` processes of one thread each (in this process when 1), in order."""
     if not jobs:
         return []
     if workers == 1:
-        _start_worker(min(2, torch.get_num_threads()))
+        _start_worker(min(2, torch.get_num_threads()), domain)
         results = map(_run_in_worker, jobs)
         return [describe(i, len(jobs), run) for i, run in enumerate(results, 1)]
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
-    with context.Pool(workers, initializer=_start_worker, initargs=(1,)) as pool:
+    with context.Pool(workers, initializer=_start_worker, initargs=(1, domain)) as pool:
         return [describe(i, len(jobs), run) for i, run in enumerate(pool.imap(_run_in_worker, jobs), 1)]
 
 
@@ -413,8 +479,9 @@ def plots(runs: list[dict], sigma_runs: list[dict], evals: tuple[int, ...], out:
         if not group:
             continue
         axes[0].plot((0, *evals), mean_curve(group, evals, "efficacy"), "-o", color=colours[label], label=label)
-        hist = np.array([[h[3] for h in r["history"]] for r in group])
-        axes[1].plot(np.arange(1, hist.shape[1] + 1), hist.mean(0), color=colours[label], label=label, lw=1)
+        longest = max(len(r["history"]) for r in group)  # erase_until can stop a run early
+        hist = np.array([[h[3] for h in r["history"]] + [np.nan] * (longest - len(r["history"])) for r in group])
+        axes[1].plot(np.arange(1, longest + 1), np.nanmean(hist, 0), color=colours[label], label=label, lw=1)
         s_vals = np.concatenate([[h[2] for h in r["history"]] for r in group])
         g_vals = np.concatenate([[h[3] for h in r["history"]] for r in group])
         axes[2].scatter(s_vals, g_vals, s=3, color=colours[label], label=label, alpha=0.4)
@@ -453,24 +520,39 @@ def main(argv: list[str] | None = None) -> int:
                         help="run nothing else: the Erasure Report's numbers beside the classifier's (README)")
     parser.add_argument("--report", type=Path, metavar="RESULTS_JSON",
                         help="run nothing: rewrite table.md and the plots next to this results.json")
+    parser.add_argument("--domain", choices=tuple(DOMAINS), default="shapes",
+                        help="the demo model to erase from; on patterns a mode's n concepts are its first n patterns")
+    parser.add_argument("--x-source", choices=("anchor_samples", "latents"), default="anchor_samples",
+                        help="the erasure's x_t pool: the engine's anchor samples, or the model's own samples of "
+                             "the target prompts given as latents")
+    parser.add_argument("--concepts", nargs="+", metavar="CONCEPT", help="erase these instead of the mode's concepts")
     args = parser.parse_args(argv)
+    domain = DOMAINS[args.domain]
+    plan = _plan(MODES[args.mode], domain)
+    if args.concepts:
+        plan = {**plan, "concepts": tuple(args.concepts), "sigma_concepts": (), "lr_sweep": None}
     if args.anchors:
-        for concept, rate in anchor_rates(DemoModel.load(), MODES[args.mode]["concepts"]).items():
-            print(f"{concept}: the anchor prompts show {concept!r} in {rate:.0f}% of the original model's images")
+        model = domain.load_model()
+        for concept, rate in anchor_rates(domain, model, plan["concepts"]).items():
+            spread = pool_spread(domain, model, concept)
+            print(f"{concept}: the anchor prompts show {concept!r} in {rate:.0f}% of the original model's images; "
+                  f"the engine's anchor pool has std {spread['pool_std']:.3g}, max |x| {spread['pool_max']:.3g} "
+                  f"(the model's own samples: std {spread['own_std']:.3g}, max |x| {spread['own_max']:.3g})")
         return 0
     if args.agreement:
         print("| concept | steps | classifier efficacy % | report: moved % (lowest pair) | largest keep drift % |\n"
               "| --- | --- | --- | --- | --- |")
-        report_agreement(DemoModel.load(), ("circle", "red"), (20, 60), eval_seeds=2)
+        concepts = ("circle", "red") if args.domain == "shapes" else plan["concepts"][:2]
+        report_agreement(domain, domain.load_model(), concepts, (20, 60), eval_seeds=2)
         return 0
     if args.report:
         written = write_report(json.loads(args.report.read_text()), args.report.parent)
         print("wrote " + ", ".join(str(p) for p in written))
         return 0
-    plan = MODES[args.mode]
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    common = dict(steps=plan["steps"], evals=plan["evals"], eval_seeds=plan["eval_seeds"])
+    common = dict(steps=plan["steps"], evals=plan["evals"], eval_seeds=plan["eval_seeds"], domain=args.domain,
+                  x_source=args.x_source)
     grids = [plan] + ([{**plan, **plan["lr_sweep"]}] if plan["lr_sweep"] else [])
     jobs = [dict(concept=c, label=d, target_mode=m, lr=lr, seed=seed, **common)
             for g in grids for c, d, m, lr, seed in itertools.product(
@@ -483,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
               f"cross {final['cross_domain']:+.0f} KID {final['kid_x1000']:.2f} ({run['seconds']:.0f} s)", flush=True)
         return run
 
-    runs = run_all(jobs, args.workers, describe)
+    runs = run_all(jobs, args.workers, describe, args.domain)
 
     # sigma sweep: S / sigma^2 at chosen ratios, from the median S of the sigma = 1 run
     lr0 = plan["learning_rates"][0]
@@ -504,11 +586,15 @@ def main(argv: list[str] | None = None) -> int:
               f"efficacy {final['efficacy']:.0f}% in-domain {final['in_domain']:+.0f}", flush=True)
         return run
 
-    sigma_runs = run_all(sigma_jobs, args.workers, describe_sigma)
+    sigma_runs = run_all(sigma_jobs, args.workers, describe_sigma, args.domain)
 
+    options = "".join(f" --{k} {v}" for k, v in (("domain", args.domain), ("x-source", args.x_source))
+                      if v != parser.get_default(k.replace("-", "_")))
+    options += f" --concepts {' '.join(args.concepts)}" if args.concepts else ""
     meta = {"mode": args.mode, "plan": plan, "seconds": time.time() - started, "torch": torch.__version__,
-            "workers": args.workers, "date": time.strftime("%Y-%m-%d"),
-            "command": f"python benchmarks/erasure_quality.py --mode {args.mode} --workers {args.workers} "
+            "workers": args.workers, "date": time.strftime("%Y-%m-%d"), "domain": args.domain,
+            "x_source": args.x_source,
+            "command": f"python benchmarks/erasure_quality.py --mode {args.mode}{options} --workers {args.workers} "
                        f"--out {args.out}"}
     result = {"meta": meta, "table": aggregate(runs, plan["steps"]), "runs": runs, "sigma_runs": sigma_runs}
     (args.out / "results.json").write_text(json.dumps(result, indent=1))

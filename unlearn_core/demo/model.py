@@ -123,7 +123,7 @@ class DemoDenoiser(Denoiser):
 
 def load_classifier(folder: Path = WEIGHTS) -> AttributeClassifier:
     state, meta = _load(folder / "classifier.safetensors")
-    clf = AttributeClassifier(meta["width"])
+    clf = AttributeClassifier(meta["width"], meta.get("attributes"), meta.get("channels", 3))
     clf.load_state_dict(state)
     return clf.eval()
 

@@ -17,6 +17,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from .classifier import AttributeClassifier
 from .model import WEIGHTS, DemoModel, save_classifier
 from .shapes import ATTRIBUTES, COLORS, SHAPES, Attributes, batch, caption, vocabulary
 from .slim_unet import SlimUNet
-from .text import WordEncoder
+from .text import CONTEXT_LENGTH, WordEncoder
 from .tiny_vae import TinyAutoencoder
 
 
@@ -71,24 +72,32 @@ def encode_dataset(ae: TinyAutoencoder, size: int, device: str, rng: np.random.G
     return torch.cat(latents), attrs
 
 
-def train_denoiser(latents: torch.Tensor, attrs: list[Attributes], token_ids: dict[str, int], steps: int,
-                   batch_size: int, width: int, device: str, rng: np.random.Generator, log: dict):
-    unet = SlimUNet(width=width, hidden=4 * width, time_hidden=4 * width).to(device)
+def train_denoiser(latents: torch.Tensor, caption_of: Callable[[int, np.random.Generator], str],
+                   token_ids: dict[str, int], steps: int, batch_size: int, width: int, device: str,
+                   rng: np.random.Generator, log: dict, alphas_cumprod: torch.Tensor | None = None,
+                   prediction_type: str = "epsilon", peak_lr: float = 5e-4, context_tokens: int = CONTEXT_LENGTH):
+    """The slim UNet and word rows on ``latents`` (epsilon or v objective); ``caption_of(i, rng)`` captions latent i.
+
+    ``context_tokens``: the UNet sees the first that many token rows of the conditioning (77: all).
+    """
+    unet = SlimUNet(width=width, hidden=4 * width, time_hidden=4 * width, latent_channels=latents.shape[1]).to(device)
     words = WordEncoder(token_ids).to(device)
     ema = copy.deepcopy(unet).requires_grad_(False)
     params = list(unet.parameters()) + list(words.parameters())
-    opt = torch.optim.AdamW(params, 5e-4, weight_decay=0.0)
-    abar = scaled_linear_alphas_cumprod().to(device)
+    opt = torch.optim.AdamW(params, peak_lr, weight_decay=0.0)
+    abar = (scaled_linear_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod).to(device)
     gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**31)))
     for step in range(steps):
-        _set_lr(opt, _lr(step, steps, 5e-4))
-        idx = torch.from_numpy(rng.integers(len(attrs), size=batch_size))
+        _set_lr(opt, _lr(step, steps, peak_lr))
+        idx = torch.from_numpy(rng.integers(len(latents), size=batch_size))
         x0 = latents[idx]
-        prompts = [caption(attrs[i], rng) for i in idx.tolist()]
+        prompts = [caption_of(i, rng) for i in idx.tolist()]
         t = torch.randint(0, 1000, (batch_size,), generator=gen).to(device)
         noise = torch.randn(x0.shape, generator=gen).to(device)
         x_t = add_noise(x0, noise, abar[t])
-        loss = F.mse_loss(unet(x_t, t, words(prompts)), noise)
+        a = abar[t].view(-1, 1, 1, 1)
+        target = noise if prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0  # v
+        loss = F.mse_loss(unet(x_t, t, words(prompts)[:, :context_tokens]), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -103,27 +112,30 @@ def train_denoiser(latents: torch.Tensor, attrs: list[Attributes], token_ids: di
     return ema.eval(), words.eval()
 
 
-def train_classifier(steps: int, device: str, rng: np.random.Generator, log: dict) -> AttributeClassifier:
-    clf = AttributeClassifier().to(device)
+def train_classifier(steps: int, device: str, rng: np.random.Generator, log: dict, draw: Callable = batch,
+                     attributes: dict | None = None, channels: int = 3, blur: bool = True) -> AttributeClassifier:
+    """The attribute classifier on fresh batches of ``draw(n, rng)`` (images, labels, captions)."""
+    attributes = attributes or ATTRIBUTES
+    clf = AttributeClassifier(attributes=attributes, channels=channels).to(device)
     opt = torch.optim.Adam(clf.parameters(), 2e-3)
     for step in range(steps):
         _set_lr(opt, _lr(step, steps, 2e-3))
-        images, labels, _ = batch(64, rng)
+        images, labels, _ = draw(64, rng)
         images = images.to(device)
-        if step % 2:  # blur and noise, as decoded samples have them
+        if blur and step % 2:  # blur and noise, as decoded samples have them
             images = F.interpolate(F.avg_pool2d(images, 2), scale_factor=2, mode="bilinear")
         images = (images + 0.03 * torch.randn_like(images)).clamp(0, 1)
         logits = clf.train()(images)
-        loss = sum(F.cross_entropy(logits[name], labels[:, i].to(device)) for i, name in enumerate(ATTRIBUTES))
+        loss = sum(F.cross_entropy(logits[name], labels[:, i].to(device)) for i, name in enumerate(attributes))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % 100 == 0 or step == steps - 1:
             print(f"classifier {step}/{steps} loss {loss.item():.4f}", flush=True)
-    images, labels, _ = batch(2000, np.random.default_rng(12345))  # held out: a seed training never draws
+    images, labels, _ = draw(2000, np.random.default_rng(12345))  # held out: a seed training never draws
     pred = clf.eval()(images.to(device))
     log["classifier_heldout_accuracy"] = {name: (pred[name].argmax(-1).cpu() == labels[:, i]).float().mean().item()
-                                          for i, name in enumerate(ATTRIBUTES)}
+                                          for i, name in enumerate(attributes)}
     print("classifier held-out accuracy", log["classifier_heldout_accuracy"], flush=True)
     return clf.eval()
 
@@ -142,12 +154,13 @@ def check_samples(model: DemoModel, clf: AttributeClassifier, seeds: int = 4) ->
     return {k: float(np.mean(v)) for k, v in result.items()}
 
 
-def clip_token_ids(tokenizer_dir: Path) -> dict[str, int]:
+def clip_token_ids(tokenizer_dir: Path, words: list[str] | None = None) -> dict[str, int]:
+    """CLIP's token id of each word (default: the shapes vocabulary); every word must be one token."""
     from transformers import CLIPTokenizer
 
     tok = CLIPTokenizer(str(tokenizer_dir / "vocab.json"), str(tokenizer_dir / "merges.txt"))
     ids = {}
-    for word in vocabulary():
+    for word in words or vocabulary():
         pieces = tok(word).input_ids[1:-1]
         if len(pieces) != 1:
             raise ValueError(f"demo word {word!r} is {len(pieces)} CLIP tokens; the demo needs one token per word")
@@ -195,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     log["latent_std"] = latent_std
 
     start = time.time()
-    unet, words = train_denoiser(latents / latent_std, attrs, token_ids, args.denoiser_steps, 32, args.width,
-                                 args.device, rng, log)
+    unet, words = train_denoiser(latents / latent_std, lambda i, r: caption(attrs[i], r), token_ids,
+                                 args.denoiser_steps, 32, args.width, args.device, rng, log)
     log["seconds"]["denoiser"] = time.time() - start
     model = DemoModel(unet.cpu(), words.cpu(), ae.cpu(), latent_std)
     model.save(args.out)

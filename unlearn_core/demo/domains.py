@@ -1,0 +1,67 @@
+"""The demo domains side by side: what a benchmark or test needs to erase a concept and score the images.
+
+``DOMAINS["shapes"]`` is the demo model (coloured shapes, SD1.5 schedule, TAESD-style latents);
+``DOMAINS["patterns"]`` the second domain (grey patterns, cosine schedule, pixel space). Each names its
+two scored attributes, its concepts, its model, engine adapter, classifier and erasure prompts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from torch import Tensor, nn
+
+from ..denoiser import Denoiser
+from .classifier import AttributeClassifier
+from .model import WEIGHTS, DemoDenoiser, DemoModel, load_classifier
+from .pattern_model import PATTERN_WEIGHTS, RESOLUTION, PatternDenoiser, PatternModel, pattern_prompts
+from .patterns import PATTERNS, SCALES
+from .shapes import COLORS, SHAPES
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    attributes: dict[str, tuple[str, ...]]  # the two scored attributes; concepts are values of either
+    resolution: int  # the engine's resolution for the model's latents
+    weights: Path
+    load_model: Callable[[], nn.Module]
+    make_denoiser: Callable[[nn.Module], Denoiser]
+    prompts: Callable[[str], tuple[str, list[tuple[str, str]], list[str]]]  # concept -> (text, targets, keep)
+    own_latents: Callable[[nn.Module, list[str], int], Tensor]  # (model, prompts, seed) -> the model's samples
+
+    def load_classifier(self) -> AttributeClassifier:
+        return load_classifier(self.weights)
+
+    def attribute_of(self, concept: str) -> str:
+        """The attribute ``concept`` is a value of."""
+        for name, values in self.attributes.items():
+            if concept in values:
+                return name
+        raise ValueError(f"{concept!r} is not a concept of the {self.name} domain; choose one of "
+                         f"{[v for values in self.attributes.values() for v in values]}")
+
+    def other_attribute(self, concept: str) -> str:
+        return next(name for name in self.attributes if name != self.attribute_of(concept))
+
+    def named(self, prompt: str) -> dict[str, str | None]:
+        """The value of each attribute the prompt names (None where it names none)."""
+        words = prompt.split()
+        return {name: next((w for w in words if w in values), None) for name, values in self.attributes.items()}
+
+
+def _shape_prompts(concept: str) -> tuple[str, list[tuple[str, str]], list[str]]:
+    from .main_job import demo_prompts  # the main job's module imports the headless host helpers
+
+    return demo_prompts(concept, "")
+
+
+DOMAINS = {
+    "shapes": Domain("shapes", {"shape": SHAPES, "color": COLORS}, 64, WEIGHTS, DemoModel.load, DemoDenoiser,
+                     _shape_prompts, lambda model, prompts, seed: model.encode(model.generate(prompts, seed=seed))),
+    "patterns": Domain("patterns", {"pattern": PATTERNS, "scale": SCALES}, RESOLUTION, PATTERN_WEIGHTS,
+                       PatternModel.load, PatternDenoiser, pattern_prompts,
+                       lambda model, prompts, seed: model.sample_latents(prompts, seed=seed)),
+}
