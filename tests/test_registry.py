@@ -37,7 +37,8 @@ def test_pyproject_has_what_the_comfy_registry_requires():
     assert re.fullmatch(r"[A-Za-z][A-Za-z0-9._-]{0,99}", name) and not re.search(r"[._-]{2}", name)
     assert "comfyui" not in name.lower()
     assert re.fullmatch(r"\d+\.\d+\.\d+", PROJECT["version"])
-    assert set(PROJECT["license"]) & {"text", "file"}
+    license = PROJECT["license"]  # an SPDX string (PEP 639, what comfy-cli itself writes) or a {text|file} table
+    assert re.fullmatch(r"[A-Za-z0-9.+-]+", license) if isinstance(license, str) else set(license) & {"text", "file"}
     assert PROJECT["description"] and PROJECT["requires-python"]
     assert re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", PROJECT["urls"]["Repository"])
     assert re.fullmatch(r"[a-z0-9-]+", COMFY["PublisherId"]) and COMFY["DisplayName"]

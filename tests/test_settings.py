@@ -12,7 +12,7 @@ from unlearn_core.cli import build_parser
 from unlearn_core.demo.main_job import JobOptions, build_graph
 from unlearn_core.settings import declared, defaults
 from unlearn_core.trainer import EraseConfig
-from workflow_format import WORKFLOWS, ui_to_api
+from workflow_format import API_WORKFLOWS, WORKFLOWS, ui_to_api
 
 # The node's widgets before the erase-until settings, in the order saved workflows store them (positional).
 SAVED_WIDGET_ORDER = ["divergence", "alpha", "sigma", "target_mode", "guidance_eta", "erase_from", "parameter_set",
@@ -85,16 +85,16 @@ def test_the_main_job_passes_the_defaults():
     assert set(overrides) <= {"resolution", "sample_steps"}, overrides  # the 64-pixel demo's sizes
 
 
-@pytest.mark.parametrize("api_file", sorted(WORKFLOWS.glob("*_api.json")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("api_file", sorted(API_WORKFLOWS.glob("*.json")), ids=lambda p: p.stem)
 def test_shipped_workflows_follow_the_declaration(api_file):
     for inputs in _unlearn_nodes(json.loads(api_file.read_text())):
         _check_graph_inputs(inputs, api_file.name)
 
 
 def test_a_workflow_saved_before_the_erase_until_settings_still_queues_the_same(comfy):
-    ui = json.loads((WORKFLOWS / "erase_then_generate_ui.json").read_text())
+    ui = json.loads((WORKFLOWS / "erase_then_generate.json").read_text())
     node = next(n for n in ui["nodes"] if n["type"] == "DivergenceUnlearn")
     appended = len(declared(EraseConfig)) - len(SAVED_WIDGET_ORDER)
     node["widgets_values"] = node["widgets_values"][:-appended]  # as saved before those widgets existed
-    twin = json.loads((WORKFLOWS / "erase_then_generate_api.json").read_text())
+    twin = json.loads((API_WORKFLOWS / "erase_then_generate.json").read_text())
     assert ui_to_api(ui, comfy.NODE_CLASS_MAPPINGS) == twin
