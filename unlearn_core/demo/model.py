@@ -41,6 +41,20 @@ def _load(path: Path) -> tuple[dict[str, Tensor], dict]:
     return {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}, meta
 
 
+def load_unet_and_words(folder: Path, parts: tuple[str, ...], train_command: str) -> tuple[SlimUNet, WordEncoder]:
+    """The slim UNet and word rows saved in ``folder``, after checking that every file of ``parts`` is there."""
+    missing = [n for n in parts if not (folder / f"{n}.safetensors").is_file()]
+    if missing:
+        raise FileNotFoundError(f"weights {missing} missing in {folder}: train them with `{train_command}`")
+    state, meta = _load(folder / "unet.safetensors")
+    unet = SlimUNet(**meta)
+    unet.load_state_dict(state)
+    state, meta = _load(folder / "words.safetensors")
+    words = WordEncoder(meta["token_ids"])
+    words.load_state_dict(state)
+    return unet, words
+
+
 class DemoModel(nn.Module):
     """Prompt -> latent denoiser -> 64x64 image, in the layout the ComfyUI checkpoint inflates."""
 
@@ -60,16 +74,7 @@ class DemoModel(nn.Module):
 
     @classmethod
     def load(cls, folder: Path = WEIGHTS) -> "DemoModel":
-        missing = [n for n in ("unet", "words", "autoencoder") if not (folder / f"{n}.safetensors").is_file()]
-        if missing:
-            raise FileNotFoundError(f"demo weights {missing} missing in {folder}: "
-                                    "train them with `python -m unlearn_core.demo.train`")
-        state, meta = _load(folder / "unet.safetensors")
-        unet = SlimUNet(**meta)
-        unet.load_state_dict(state)
-        state, meta = _load(folder / "words.safetensors")
-        words = WordEncoder(meta["token_ids"])
-        words.load_state_dict(state)
+        unet, words = load_unet_and_words(folder, ("unet", "words", "autoencoder"), "python -m unlearn_core.demo.train")
         state, meta = _load(folder / "autoencoder.safetensors")
         ae = TinyAutoencoder(meta["width"])
         ae.load_state_dict(state)

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..denoiser import Conditioning, Denoiser
 from ..schedule import ddim_sample
-from .model import DemoDenoiser, _load, _save
+from .model import DemoDenoiser, _save, load_unet_and_words
 from .patterns import PATTERNS, SCALES
 from .slim_unet import SlimUNet
 from .text import WordEncoder
@@ -61,16 +61,7 @@ class PatternModel(nn.Module):
 
     @classmethod
     def load(cls, folder: Path = PATTERN_WEIGHTS) -> "PatternModel":
-        missing = [n for n in ("unet", "words") if not (folder / f"{n}.safetensors").is_file()]
-        if missing:
-            raise FileNotFoundError(f"pattern model weights {missing} missing in {folder}: "
-                                    "train them with `python -m unlearn_core.demo.train_patterns`")
-        state, meta = _load(folder / "unet.safetensors")
-        unet = SlimUNet(**meta)
-        unet.load_state_dict(state)
-        state, meta = _load(folder / "words.safetensors")
-        words = WordEncoder(meta["token_ids"])
-        words.load_state_dict(state)
+        unet, words = load_unet_and_words(folder, ("unet", "words"), "python -m unlearn_core.demo.train_patterns")
         return cls(unet, words).eval()
 
     @staticmethod
