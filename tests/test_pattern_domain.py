@@ -81,7 +81,7 @@ def _own_pattern(model, clf, prompts, seeds=3):
     return float(np.mean(hits))
 
 
-@pytest.mark.slow  # minutes on the shared 2 cores; not yet timed on a quiet machine
+@pytest.mark.slow  # 44 s on 2 otherwise quiet cores (minutes when they are shared)
 def test_engine_defaults_erase_a_pattern_onto_the_superclass(model, clf):
     text, targets, keep = pattern_prompts("dots")
     targets = [t for t, _ in targets]
@@ -90,7 +90,7 @@ def test_engine_defaults_erase_a_pattern_onto_the_superclass(model, clf):
     erasure = erase(denoiser, parse_concept_text(text), EraseConfig(resolution=RESOLUTION, seed=0))
     with DeltaInjection(denoiser.net, erasure.names, erasure.delta):
         after, kept_after = _shows(model, clf, targets, "dots"), _own_pattern(model, clf, keep)
-    assert before >= 0.8 and after <= before - 0.35, (before, after)  # measured: 1.0 -> 0.5 (6 images)
+    assert before >= 0.8 and after <= before - 0.35, (before, after)  # measured: 1.0 -> 0.5 (6 images); passes
     assert kept_after >= kept_before - 0.1, (kept_before, kept_after)
 
 
