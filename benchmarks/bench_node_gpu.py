@@ -65,9 +65,10 @@ def call_node(nodes_module, name: str, **inputs):
 
     cls = nodes_module.NODE_CLASS_MAPPINGS[name]
     function = getattr(cls(), cls.FUNCTION)
-    accepted = inspect.signature(function).parameters
+    params = inspect.signature(function).parameters
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     with torch.inference_mode():
-        return function(**{k: v for k, v in inputs.items() if k in accepted})
+        return function(**{k: v for k, v in inputs.items() if takes_all or k in params})
 
 
 def node_defaults(cls) -> dict:
