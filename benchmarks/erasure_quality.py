@@ -186,7 +186,8 @@ def one_run(model: torch.nn.Module, concept: str, label: str, target_mode: str, 
     probe = Probe(dom, model, denoiser, concept, eval_seeds)
     text, _, _ = dom.prompts(concept)
     bench = DIVERGENCES[label] if label.startswith("engine defaults") else dict(
-        sigma=sigma, **DIVERGENCES[label], target_mode=target_mode, learning_rate=lr, steps=steps, sample_steps=10)
+        sigma=sigma, **DIVERGENCES[label], target_mode=target_mode, learning_rate=lr, steps=steps, sample_steps=10,
+        erase_until=0)  # the grid scores every run at the same steps
     config = EraseConfig(**bench, seed=seed, resolution=dom.resolution, x_source=x_source)
     latents = None
     if x_source == "latents":  # the model's own samples of the target prompts, as a user would encode them
