@@ -34,7 +34,7 @@ and PNG plots. Deterministic from the seeds.
 space, cosine schedule; ``unlearn_core.demo.domains``): a mode's n concepts become its first n
 patterns, each erased onto "a pattern" (``--concepts`` picks others). ``--mode defaults`` runs
 ``EraseConfig()`` untouched (what the engine and node default to) with the domain's resolution, and
-again with ``erase_until`` 0; ``--x-source latents`` gives the erasure the model's own samples of the
+again with ``erase_until`` 0.9; ``--x-source latents`` gives the erasure the model's own samples of the
 target prompts instead of the engine's anchor samples.
 """
 
@@ -72,7 +72,7 @@ DIVERGENCES = {  # label -> EraseConfig fields
     # erasure term weighted 1/8 against the (MSE) preservation term. MSE at sigma^2 = 8 is exactly that.
     "mse, sigma^2 = 8 (control)": {"divergence": "mse", "sigma": 8 ** 0.5},
     "engine defaults": {},  # EraseConfig() as it is: every setting the engine and the node default to
-    "engine defaults, erase_until 0": {"erase_until": 0},  # the same, always running every step
+    "engine defaults, erase_until 0.9": {"erase_until": 0.9},  # the same, stopping once the probes read 90 %
 }
 MODES = {
     # Main grid, every divergence x both target modes x 3 seeds x 4 concepts at one learning rate; the
@@ -98,7 +98,7 @@ MODES = {
     # The engine's defaults untouched (divergence, target mode, lr, steps, batch, pool): what a new user
     # gets on a model nobody tuned for. steps/evals are the defaults' own (filled in at run time).
     "defaults": dict(concepts=("circle", "square", "red", "blue"),
-                     divergences=("engine defaults", "engine defaults, erase_until 0"), target_modes=(None,),
+                     divergences=("engine defaults", "engine defaults, erase_until 0.9"), target_modes=(None,),
                      seeds=(0,), learning_rates=(None,), lr_sweep=None, steps=None, evals=None, eval_seeds=4,
                      sigma_concepts=(), sigma_ratios=(), sigma_divergences=()),
 }

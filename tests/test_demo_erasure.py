@@ -65,5 +65,5 @@ def test_the_report_calls_the_erasure_erased_and_the_untouched_model_not(demo, c
 def test_erase_until_stops_the_default_recipe_early_on_the_demo(demo):
     _, denoiser, _ = demo
     concepts = parse_concept_text(demo_prompts("red", "")[0])
-    erasure = erase(denoiser, concepts, EraseConfig(steps=120, **DEMO))
+    erasure = erase(denoiser, concepts, EraseConfig(steps=120, erase_until=0.9, **DEMO))
     assert erasure.metadata["stopped"].startswith("erase_until 90% reached"), erasure.metadata["stopped"]
