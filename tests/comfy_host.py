@@ -39,3 +39,13 @@ def load_inprocess(root: Path, cpu: bool = True):
 def report_numbers(text: str) -> dict[str, float]:
     """The first pair's "moved" and the first keep prompt's "drift" percentages from Erasure Report's text."""
     return {key: float(re.search(rf"{key} (-?[\d.]+)%", text).group(1)) for key in ("moved", "drift")}
+
+
+def pack_module(pack_nodes: dict):
+    """The pack's root module as ComfyUI's loader imported it."""
+    return sys.modules[next(iter(pack_nodes.values())).__module__.rsplit(".nodes.", 1)[0]]
+
+
+def pack_submodule(pack_nodes: dict, name: str):
+    """A module of the pack as ComfyUI's loader imported it, e.g. ``nodes.comfy_adapter``."""
+    return sys.modules[f"{pack_module(pack_nodes).__name__}.{name}"]

@@ -33,8 +33,8 @@ def test_old_names_of_saved_workflows_mean_what_they_did():
     assert all(resolve_precision(name, torch.float32, CUDA) == name for name in PRECISIONS if name != "auto")
 
 
-def test_the_node_lists_the_new_names_and_accepts_the_old(pack_nodes):
-    node = pack_nodes["DivergenceUnlearn"]
+def test_the_node_lists_the_new_names_and_accepts_the_old(v1_nodes):
+    node = v1_nodes["DivergenceUnlearn"]
     choices, options = node.INPUT_TYPES()["required"]["precision"]
     assert choices == list(PRECISIONS) and options["default"] == "auto"
     assert all(node.VALIDATE_INPUTS(precision=name) is True for name in [*PRECISIONS, *LEGACY_PRECISIONS])

@@ -106,9 +106,9 @@ def _sampling_patched(model, sampling: str, zsnr: bool):
 
 def _comfy_denoiser(pack_nodes, model, clip):
     """The pack's ComfyDenoiser class as ComfyUI imported it (via the node module that uses it)."""
-    import sys
+    from comfy_host import pack_submodule
 
-    return sys.modules[pack_nodes["DivergenceUnlearn"].__module__].ComfyDenoiser(model, clip)
+    return pack_submodule(pack_nodes, "nodes.comfy_adapter").ComfyDenoiser(model, clip)
 
 
 def _pool_std(denoiser) -> float:

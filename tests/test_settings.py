@@ -38,8 +38,8 @@ def test_new_settings_only_append_to_the_saved_widget_order():
     assert names[: len(SAVED_WIDGET_ORDER)] == SAVED_WIDGET_ORDER
 
 
-def test_the_node_inputs_are_the_declaration(pack_nodes):
-    spec = pack_nodes["DivergenceUnlearn"].INPUT_TYPES()
+def test_the_node_inputs_are_the_declaration(v1_nodes):
+    spec = v1_nodes["DivergenceUnlearn"].INPUT_TYPES()  # the V3 node's schema is checked against it in test_v3
     names = [s.name for s in declared(EraseConfig)]
     assert list(spec["required"]) == list(GRAPH_INPUTS) + SAVED_WIDGET_ORDER
     assert list(spec["optional"]) == ["latents"] + names[len(SAVED_WIDGET_ORDER):]  # absent in older API prompts

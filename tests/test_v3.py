@@ -13,33 +13,17 @@ import asyncio
 import io as bytes_io
 import json
 import struct
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from comfy_host import ComfyServer, prepare_host
+from comfy_host import ComfyServer, pack_module, pack_submodule, prepare_host
 from workflow_format import API_WORKFLOWS
 
 ALWAYS_WRITTEN_BY_V3 = ("multiselect", "multiline")  # V3 inputs write these flags even when False
 PREVIEW_IMAGE_WITH_METADATA = 4  # ComfyUI's protocol.BinaryEventTypes
-
-
-def pack_module(pack_nodes):
-    """The pack's root module as ComfyUI's loader imported it."""
-    return sys.modules[next(iter(pack_nodes.values())).__module__.rsplit(".nodes.", 1)[0]]
-
-
-def pack_submodule(pack_nodes, name: str):
-    return sys.modules[f"{pack_module(pack_nodes).__name__}.{name}"]
-
-
-@pytest.fixture(scope="module")
-def v1_nodes(pack_nodes) -> dict:
-    """The V1 node classes, the one definition of each node."""
-    return pack_submodule(pack_nodes, "nodes").NODE_CLASS_MAPPINGS
 
 
 @pytest.fixture(scope="module")
