@@ -29,6 +29,7 @@ def test_cli_erases_a_toy_pipeline_end_to_end(tmp_path):
     subprocess.run([*env_cmd, "toy-pipeline", str(tmp_path / "toy")], check=True, capture_output=True)
     out = subprocess.run([*env_cmd, "erase", "--pipeline", str(tmp_path / "toy"),
                           "--concepts", "a red circle -> a red shape; keep: a blue square",
+                          "--target-mode", "anchor",  # S to the anchor shrinks (anchor_guidance aims past it)
                           "--steps", "40", "--lr", "3e-3", "--resolution", "64", "--anchor-samples", "4",
                           "--sample-steps", "4", "--out", str(tmp_path / "e.safetensors"),
                           "--report-json", str(tmp_path / "r.json")], check=True, capture_output=True, text=True)
