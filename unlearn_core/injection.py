@@ -75,12 +75,21 @@ class DeltaInjection:
             self.use_deltas = True
 
 
+def _on_copies(forward: Callable) -> Callable:
+    """``forward`` on copies of its tensor arguments: a block that adds into its inputs in place (Flux's
+    ``txt += ...``) must not change the tensors checkpoint keeps to recompute it from."""
+    def run(*args, **kwargs):
+        copy = lambda v: v.clone() if isinstance(v, Tensor) else v  # noqa: E731
+        return forward(*map(copy, args), **{k: copy(v) for k, v in kwargs.items()})
+    return run
+
+
 @contextlib.contextmanager
 def checkpointed(net: nn.Module, block_names: list[str]) -> Iterator[None]:
     """Recompute each named block's activations during backward instead of storing them."""
     blocks = [net.get_submodule(name) for name in block_names]
     for block in blocks:
-        original = block.forward
+        original = _on_copies(block.forward)
         block.forward = lambda *a, _f=original, **k: (
             checkpoint(_f, *a, use_reentrant=False, **k) if torch.is_grad_enabled() else _f(*a, **k))
     try:

@@ -62,7 +62,7 @@ class Probes:
                  conds: dict[str, Conditioning], per_pair: int, resolution: int, generator: torch.Generator):
         self.pairs, self.keep, self.conds = pairs, keep, conds
         anchors = cat_cond([conds[a] for _, a in pairs])
-        side = resolution // 8
+        side = resolution // denoiser.latent_downscale
         pool = build_pool("anchor_samples", denoiser, anchors, conds[""], per_pair * len(pairs),
                           (denoiser.latent_channels, side, side), PROBE_SAMPLE_STEPS, PROBE_GUIDANCE, generator)
         num_t = denoiser.alphas_cumprod.shape[0]

@@ -37,7 +37,8 @@ from .divergences import (
 )
 from .erasure import Erasure, fingerprint, new_metadata
 from .injection import DeltaInjection, checkpointed
-from .parameters import PARAMETER_SETS, WeightDeltas, select_parameters
+from .architectures import PARAMETER_SET_NAMES
+from .parameters import WeightDeltas, select_parameters
 from .report import Probes, encode_all
 from .samples import X_SOURCES, build_pool
 from .settings import setting
@@ -88,9 +89,10 @@ class EraseConfig:
                                   low=0.0, high=10.0, step=0.1)
     erase_from: str = setting("", "negative_guidance only: erase the target from this prompt (e.g. 'cowboy' to "
                                   "remove 'cowboy hat' from cowboys); empty = from the target itself.")
-    parameter_set: str = setting("cross_attn_kv", choices=lambda: list(PARAMETER_SETS), help=(
-        "cross_attn_kv: K/V of cross-attention (styles, objects); cross_attn: ESD-x; non_cross_attn: ESD-u (global "
-        "concepts such as nudity); attn; full."))
+    parameter_set: str = setting("cross_attn_kv", choices=lambda: list(PARAMETER_SET_NAMES), help=(
+        "cross_attn_kv: K/V of cross-attention (styles, objects; on Flux/SD3 the text stream's attention projections); "
+        "cross_attn: ESD-x; non_cross_attn: ESD-u (global concepts such as nudity); attn; context_embedder: the "
+        "text-embedding input layer (Flux, SD3 only); full."))
     lora_rank: int = setting(0, "0 trains full weight updates; >0 trains a LoRA of this rank.", low=0, high=256)
     steps: int = setting(60, "Optimiser steps.", low=1, high=100000)
     learning_rate: float = setting(5e-4, "AdamW learning rate.", low=1e-8, high=1.0, step=1e-6, aliases=("--lr",))
@@ -247,7 +249,7 @@ class Eraser:
         return bank, keep
 
     def _latent_shape(self) -> tuple[int, int, int]:
-        side = self.config.resolution // 8
+        side = self.config.resolution // self.denoiser.latent_downscale
         return (self.denoiser.latent_channels, side, side)
 
     # ------------------------------------------------------------------ run
@@ -255,7 +257,7 @@ class Eraser:
     def run(self) -> Erasure:
         cfg = self.config
         started = time.monotonic()
-        names = select_parameters(self.denoiser.net, cfg.parameter_set)
+        names = select_parameters(self.denoiser.net, cfg.parameter_set, self.denoiser.architecture)
         params = dict(self.denoiser.net.named_parameters())
         originals = {n: params[n].detach() for n in names}
         deltas = WeightDeltas(originals, rank=cfg.lora_rank, generator=self.generator).to(self.device)
@@ -300,7 +302,7 @@ class Eraser:
         cfg = self.config
         optimizer = torch.optim.AdamW(deltas.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         scaler = self._grad_scaler()
-        t_weight = kl_timestep_weight(self._abar) if cfg.timestep_weight == "kl" else None
+        t_weight = kl_timestep_weight(self._abar, self.denoiser.prediction_type) if cfg.timestep_weight == "kl" else None
         critic = critic_opt = None
         if self.variational:
             critic = Critic(channels=self.denoiser.latent_channels).to(self.device)
