@@ -97,11 +97,17 @@ class ComfyDenoiser(Denoiser):
         # a bound method, not the module: the host's model must not become a submodule of ours
         pooled_input = (getattr(base, "adm_channels", 0) or 0) > 0 or self.architecture != "unet"
         self._encode_adm = base.encode_adm if pooled_input else None
+        self._compute_dtype = base.manual_cast_dtype or base.get_dtype()  # fp8 weights compute in bf16/fp16/fp32
         self.clip = clip
         mm.load_models_gpu([patcher])  # applies upstream patches (LoRAs, other erasures) to the live weights
         self.net = shared_weights_view(network)  # the host keeps its model loaded: one copy
         if self.architecture == "flux":
             copy_norm_inputs(self.net)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the host computes in (its manual-cast dtype where the weights are stored in another)."""
+        return self._compute_dtype
 
     def forward(self, x_t: Tensor, timesteps: Tensor, cond: Conditioning) -> Tensor:
         t = self._net_timesteps.to(x_t.device)[timesteps]

@@ -15,7 +15,8 @@ import torch
 from test_sampler import SHAPE, AnalyticDenoiser, pool_of
 from unlearn_core.architectures import ARCHITECTURES, architecture_of
 from unlearn_core.divergences import kl_timestep_weight
-from unlearn_core.erasure import export_prefix
+from unlearn_core.erasure import Erasure, ErasureError, export_prefix
+from unlearn_core.export import diffusers_modules, to_diffusers_lora
 from unlearn_core.parameters import select_parameters
 from unlearn_core.schedule import abar_from_flow_sigma, flow_coordinates, predict_x0_eps
 
@@ -80,6 +81,88 @@ def test_sampler_on_a_flow_schedule_draws_the_data():
     assert nearest.max() < 0.1, f"samples {nearest.tolist()} away from every data image"
 
 
+# --------------------------------------------------------------------------- diffusers' loaders
+
+WIDTH = 64
+
+
+def transformer_erasure(family: str, names: list[str], full: bool = False) -> Erasure:
+    """An erasure of ``names`` (ComfyUI's names, [3 * WIDTH, WIDTH] qkv or [WIDTH, WIDTH] proj) with random updates."""
+    gen = torch.Generator().manual_seed(0)
+    erasure = Erasure(metadata={"family": family, "key_format": "ldm"})
+    for name in names:
+        rows = 3 * WIDTH if ".qkv." in name else WIDTH
+        erasure.shapes[name] = (rows, WIDTH)
+        if full:
+            erasure.full[name] = torch.randn(rows, WIDTH, generator=gen)
+        else:
+            erasure.lora[name] = (torch.randn(rows, 4, generator=gen), torch.randn(4, WIDTH, generator=gen), 8.0)
+    return erasure
+
+
+def peft_deltas(transformer, modules: list[str]) -> dict[str, torch.Tensor]:
+    return {m: transformer.get_submodule(m).get_delta_weight("erasure") for m in modules}
+
+
+def expected_deltas(erasure: Erasure, name: str, modules: list[str]) -> dict[str, torch.Tensor]:
+    return dict(zip(modules, erasure.delta(name).chunk(len(modules))))
+
+
+def flux_transformer():
+    from diffusers import FluxTransformer2DModel
+
+    return FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=2, num_single_layers=1,
+                                  attention_head_dim=32, num_attention_heads=2, joint_attention_dim=WIDTH,
+                                  pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(8, 12, 12))
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["lora", "full"])
+def test_flux_erasure_loads_in_diffusers_flux_lora_loader(tmp_path, full):
+    """The ComfyUI file itself (LoRA) and ``to_diffusers_lora`` both load into diffusers' Flux transformer
+    with exactly the erasure's update on q, k and v of the text stream (and the other exported layers)."""
+    from diffusers import FluxPipeline
+
+    names = ["double_blocks.0.txt_attn.qkv.weight", "double_blocks.1.txt_attn.qkv.weight",
+             "double_blocks.1.img_attn.proj.weight"]
+    erasure = transformer_erasure("Flux", names, full)
+    sources = {"to_diffusers_lora": to_diffusers_lora(erasure)}
+    if not full:
+        erasure.save(tmp_path / "erasure.safetensors")
+        sources["ComfyUI file"] = FluxPipeline.lora_state_dict(str(tmp_path / "erasure.safetensors"))
+    for label, state in sources.items():
+        transformer = flux_transformer()
+        transformer.load_lora_adapter(state, prefix="transformer", adapter_name="erasure")
+        for name in names:
+            modules = [m[len("transformer."):] for m in diffusers_modules(erasure, name)]
+            for module, delta in peft_deltas(transformer, modules).items():
+                torch.testing.assert_close(delta, expected_deltas(erasure, name, modules)[module], atol=1e-5,
+                                           rtol=1e-4, msg=lambda m: f"{label}, {module}: {m}")
+
+
+def test_sd3_erasure_exports_to_diffusers_sd3_lora():
+    from diffusers import SD3Transformer2DModel
+
+    names = ["joint_blocks.0.context_block.attn.qkv.weight", "joint_blocks.1.x_block.attn.qkv.weight",
+             "context_embedder.weight"]
+    erasure = transformer_erasure("SD3", names)
+    erasure.shapes["context_embedder.weight"] = (WIDTH, WIDTH)
+    erasure.lora["context_embedder.weight"] = (torch.randn(WIDTH, 4), torch.randn(4, WIDTH), 4.0)
+    transformer = SD3Transformer2DModel(sample_size=16, patch_size=2, in_channels=16, num_layers=2,
+                                        attention_head_dim=32, num_attention_heads=2, joint_attention_dim=WIDTH,
+                                        caption_projection_dim=WIDTH, pooled_projection_dim=32, out_channels=16,
+                                        pos_embed_max_size=16)
+    transformer.load_lora_adapter(to_diffusers_lora(erasure), prefix="transformer", adapter_name="erasure")
+    for name in names:
+        modules = [m[len("transformer."):] for m in diffusers_modules(erasure, name)]
+        for module, delta in peft_deltas(transformer, modules).items():
+            torch.testing.assert_close(delta, expected_deltas(erasure, name, modules)[module], atol=1e-5, rtol=1e-4)
+    biased = Erasure(full={"joint_blocks.0.context_block.attn.qkv.bias": torch.zeros(3 * WIDTH)},
+                     shapes={"joint_blocks.0.context_block.attn.qkv.bias": (3 * WIDTH,)},
+                     metadata={"family": "SD3", "key_format": "ldm"})
+    with pytest.raises(ErasureError, match="carries linear weights only"):
+        to_diffusers_lora(biased)
+
+
 # --------------------------------------------------------------------------- the host's models
 
 
@@ -118,8 +201,8 @@ def test_released_sizes_name_each_parameter_set_and_the_stock_loader_reads_every
         block = "double_blocks" if arch.name == "flux" else "joint_blocks"
         assert all(n.startswith(block) and ("txt_attn.qkv" in n or "context_block.attn.qkv" in n) for n in kv)
         assert set(arch.checkpoint_lists) <= {n.split(".")[0] for n in names}
-    assert counts["Flux", "cross_attn_kv"] == 2 * 19  # qkv weight and bias of the 19 double blocks
-    assert counts["SD3", "cross_attn_kv"] == 2 * 38
+    assert counts["Flux", "cross_attn_kv"] == 19  # the qkv weights of the 19 double blocks (as SD's to_k/to_v: no bias)
+    assert counts["SD3", "cross_attn_kv"] == 38
     assert counts["Flux", "context_embedder"] == counts["SD3", "context_embedder"] == 2
     assert counts["Flux", "full"] > counts["Flux", "non_cross_attn"] > counts["Flux", "attn"] > counts["Flux", "cross_attn"]
 
@@ -172,8 +255,8 @@ def test_node_erases_from_the_transformer_and_the_stock_loader_applies_the_file(
         model = dit.build_dit_patcher(family)
     erased, erasure, summary = unlearn(pack_nodes, model, clip, "a red circle -> a red shape")
     assert erasure.metadata["family"] == family and erasure.metadata["prediction_type"] == "flow"
-    kv = ".context_block.attn.qkv." if family == "SD3" else ".txt_attn.qkv."
-    assert erasure.names and all(kv in n for n in erasure.names) and erasure.lora
+    kv = ".context_block.attn.qkv.weight" if family == "SD3" else ".txt_attn.qkv.weight"
+    assert erasure.names and all(n.endswith(kv) for n in erasure.names) and set(erasure.lora) == set(erasure.names)
     with torch.inference_mode():
         report = pack_nodes["DivergenceUnlearnErasureReport"]().report(
             model, clip, erasure, concept_set(pack_nodes, "a red circle -> a red shape"), 64, 4, 0)["result"][0]
@@ -225,10 +308,33 @@ def test_the_graphs_model_sampling_patch_sets_the_training_schedule(comfy, pack_
         assert (b[1:-1] < a[1:-1]).float().mean() > 0.9, "a larger shift spends more of the schedule at high noise"
 
 
-def test_sd3_file_loads_through_the_stock_unet_loader_and_trains(comfy, comfy_root, pack_nodes, dit):
-    path = dit.write_sd3_file(comfy_root / "models" / "unet" / "tiny_sd3.safetensors")
+@pytest.mark.parametrize("weight_dtype", ["default", "fp8_e4m3fn"])
+def test_sd3_file_loads_through_the_stock_unet_loader_and_trains(comfy, comfy_root, pack_nodes, dit, weight_dtype):
+    path = comfy_root / "models" / "unet" / "tiny_sd3.safetensors"
+    if not path.exists():
+        dit.write_sd3_file(path)
     with torch.inference_mode():
-        model = comfy.UNETLoader().load_unet(path.name, "default")[0]
+        model = comfy.UNETLoader().load_unet(path.name, weight_dtype)[0]
     assert type(model.model.model_config).__name__ in ("SD3", "SD35")
+    stored = next(model.model.diffusion_model.parameters()).dtype
+    assert (stored == torch.float8_e4m3fn) == (weight_dtype == "fp8_e4m3fn")
     erased, erasure, _ = unlearn(pack_nodes, model, dit.StandInSD3Clip(), "a cat -> an animal", steps=2)
     assert erasure.metadata["prediction_type"] == "flow" and erasure.names
+    assert all(torch.isfinite(t).all() for t in erasure.deltas().values())
+    assert all(p.dtype == stored for p in model.model.diffusion_model.parameters()), "the host's weights changed"
+
+
+@pytest.mark.slow
+def test_flux_file_of_the_released_width_is_detected_by_the_stock_loader_and_trains(comfy, comfy_root, pack_nodes,
+                                                                                    dit):
+    """The host's Flux detection assumes the released width, so this file has it (one block of each kind, fp8)."""
+    path = dit.write_flux_file(comfy_root / "models" / "unet" / "flux_one_block_fp8.safetensors")
+    with torch.inference_mode():
+        model = comfy.UNETLoader().load_unet(path.name, "default")[0]
+    assert type(model.model.model_config).__name__ == "Flux"
+    clip = dit.StandInFluxClip(context_dim=4096)
+    erased, erasure, _ = unlearn(pack_nodes, model, clip, "a red circle -> a red shape", steps=2, anchor_samples=1,
+                                 sample_steps=2, batch_size=1)
+    assert erasure.names == ["double_blocks.0.txt_attn.qkv.weight"]
+    assert erasure.shapes["double_blocks.0.txt_attn.qkv.weight"] == (3 * 3072, 3072)
+    path.unlink()

@@ -38,13 +38,21 @@ CONFIGS = {"Flux": (FLUX_SMALL, FLUX_DEV), "FluxSchnell": (dict(FLUX_SMALL, guid
            "SD3": (SD3_SMALL, SD35_LARGE)}
 
 
-def build_dit(family: str = "Flux", seed: int = 0, full: bool = False, device: str = "cpu"):
-    """A ComfyUI BaseModel of ``family`` (a class of comfy.supported_models) with small (or released-size) weights."""
+def build_dit(family: str = "Flux", seed: int = 0, full: bool = False, device: str = "cpu",
+              weight_dtype: torch.dtype = torch.float32, compute_dtype: torch.dtype | None = None, **sizes):
+    """A ComfyUI BaseModel of ``family`` (a class of comfy.supported_models) with small (or released-size) weights.
+
+    ``weight_dtype`` float8 with a ``compute_dtype`` builds the model as the host's loader does for an fp8
+    file (manual-cast layers); ``sizes`` overrides the configuration (e.g. ``depth=1``).
+    """
     import comfy.supported_models as sm
 
     small, released = CONFIGS[family]
-    config = getattr(sm, family)(dict(released if full else small))
-    config.set_inference_dtype(torch.float32, None)
+    unet_config = dict(released if full else small, **sizes)
+    if compute_dtype is not None:
+        unet_config["dtype"] = weight_dtype  # what the host's loader records: the layers then cast per forward
+    config = getattr(sm, family)(unet_config)
+    config.set_inference_dtype(weight_dtype, compute_dtype)
     with torch.device(device):
         model = config.get_model({}, "")
     if device != "meta":
@@ -61,6 +69,15 @@ def build_dit_patcher(family: str = "Flux", seed: int = 0):
                                             offload_device=torch.device("cpu"))
 
 
+def write_flux_file(path: Path, seed: int = 0) -> Path:
+    """A Flux-dev file the stock UNETLoader detects as Flux: the released width (3072, which the host's
+    detection assumes) with one double and one single block, fp8 like the files 24 GB cards load (~0.5 GB)."""
+    model = build_dit("Flux", seed, full=True, depth=1, depth_single_blocks=1)
+    save_file({k: v.to(torch.float8_e4m3fn).contiguous() for k, v in model.diffusion_model.state_dict().items()},
+              str(path))
+    return path
+
+
 def write_sd3_file(path: Path, seed: int = 0) -> Path:
     """An SD3 diffusion-model file (the host's key names, fp16) that the stock UNETLoader detects as SD3."""
     model = build_dit("SD3", seed)
@@ -71,6 +88,10 @@ def write_sd3_file(path: Path, seed: int = 0) -> Path:
 class _StandInClip:
     context_dim: int
     pooled_dim: int
+
+    def __init__(self, context_dim: int | None = None, pooled_dim: int | None = None):
+        self.context_dim = context_dim or self.context_dim
+        self.pooled_dim = pooled_dim or self.pooled_dim
 
     def tokenize(self, text: str):
         return text
@@ -83,7 +104,8 @@ class _StandInClip:
 
 
 class StandInFluxClip(_StandInClip):
-    """STAND-IN for Flux's T5-XXL + CLIP-L (see the module docstring): [1, 16, 64] context, [1, 768] pooled."""
+    """STAND-IN for Flux's T5-XXL + CLIP-L (see the module docstring): [1, 16, 64] context (4096 for the
+    released width), [1, 768] pooled."""
 
     context_dim, pooled_dim = FLUX_SMALL["context_in_dim"], FLUX_SMALL["vec_in_dim"]
 

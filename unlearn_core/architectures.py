@@ -9,6 +9,7 @@ attention is spelled the same (``attn1`` self-, ``attn2`` cross-attention).
 set                UNet (SD1.x, SD2.x, SDXL)   Flux (dev, schnell, Chroma-like)  MMDiT (SD3, SD3.5)
 =================  ==========================  ================================  ======================================
 cross_attn_kv      ``attn2.to_k``, ``to_v``    ``double_blocks.*.txt_attn.qkv``  ``joint_blocks.*.context_block.attn.qkv``
+                   (no biases there)           (weights, not biases)             (weights, not biases)
 cross_attn         ``attn2.*``                 ``double_blocks.*.txt_attn.*``    ``joint_blocks.*.context_block.attn.*``
 attn               ``attn1.*``, ``attn2.*``    ``img_attn.*``, ``txt_attn.*``    ``joint_blocks.*.attn*``
 context_embedder   (none)                      ``txt_in``                        ``context_embedder``
@@ -36,6 +37,7 @@ class Architecture:
     marker: str  # a substring only this architecture's tensor names have
     parameter_sets: dict[str, Rule]
     checkpoint_lists: tuple[str, ...] = ()  # ModuleLists whose every block gradient checkpointing wraps
+    default_lora_rank: int = 0  # lora_rank -1 (auto): full updates on the UNets, a LoRA on the large transformers
 
 
 def _unet_sets() -> dict[str, Rule]:
@@ -53,7 +55,7 @@ def _unet_sets() -> dict[str, Rule]:
 def _flux_sets() -> dict[str, Rule]:
     inputs = ("time_in.", "vector_in.", "guidance_in.", "txt_in.")
     return {
-        "cross_attn_kv": lambda n: n.startswith("double_blocks.") and ".txt_attn.qkv." in n,
+        "cross_attn_kv": lambda n: n.startswith("double_blocks.") and n.endswith(".txt_attn.qkv.weight"),
         "cross_attn": lambda n: n.startswith("double_blocks.") and ".txt_attn." in n,
         "attn": lambda n: ".img_attn." in n or ".txt_attn." in n,
         "non_cross_attn": lambda n: ".txt_attn." not in n and not n.startswith(inputs),
@@ -65,7 +67,7 @@ def _flux_sets() -> dict[str, Rule]:
 def _mmdit_sets() -> dict[str, Rule]:
     inputs = ("t_embedder.", "y_embedder.", "context_embedder.")
     return {
-        "cross_attn_kv": lambda n: ".context_block.attn.qkv." in n,
+        "cross_attn_kv": lambda n: n.endswith(".context_block.attn.qkv.weight"),
         "cross_attn": lambda n: ".context_block.attn." in n,
         "attn": lambda n: n.startswith("joint_blocks.") and (".attn." in n or ".attn2." in n),
         "non_cross_attn": lambda n: ".context_block.attn." not in n and not n.startswith(inputs),
@@ -76,8 +78,8 @@ def _mmdit_sets() -> dict[str, Rule]:
 
 ARCHITECTURES: dict[str, Architecture] = {
     "unet": Architecture("unet", "attn2.", _unet_sets()),
-    "flux": Architecture("flux", "double_blocks.", _flux_sets(), ("double_blocks", "single_blocks")),
-    "mmdit": Architecture("mmdit", "joint_blocks.", _mmdit_sets(), ("joint_blocks",)),
+    "flux": Architecture("flux", "double_blocks.", _flux_sets(), ("double_blocks", "single_blocks"), 16),
+    "mmdit": Architecture("mmdit", "joint_blocks.", _mmdit_sets(), ("joint_blocks",), 16),
 }
 
 PARAMETER_SET_NAMES = list(ARCHITECTURES["unet"].parameter_sets)

@@ -21,10 +21,12 @@ from torch.utils.checkpoint import checkpoint
 class DeltaInjection:
     """Serve ``W0 + delta(name)`` to the modules that own the named tensors of ``net`` (see module doc)."""
 
-    def __init__(self, net: nn.Module, names: list[str], delta: Callable[[str], Tensor]):
+    def __init__(self, net: nn.Module, names: list[str], delta: Callable[[str], Tensor],
+                 fp8_compute: torch.dtype = torch.float32):
         self.net = net
         self.names = names
         self.delta = delta
+        self.fp8_compute = fp8_compute  # fp8 weights (torch cannot add to them) are served in this dtype
         self.use_deltas = True
         self._saved: dict[str, tuple[nn.Module, str, nn.Parameter]] = {}
         self._hooks: list = []
@@ -53,7 +55,8 @@ class DeltaInjection:
                 _, _, original = self._saved[f"{owner}.{attr}"]
                 value = original.detach()
                 if self.use_deltas:
-                    value = value + self.delta(f"{owner}.{attr}").to(original)
+                    dtype = original.dtype if original.element_size() > 1 else self.fp8_compute
+                    value = value.to(dtype) + self.delta(f"{owner}.{attr}").to(dtype)
                 object.__setattr__(module, attr, value)
         return set_weights
 

@@ -111,7 +111,8 @@ def encode_all(denoiser: Denoiser, concepts: ConceptSet, resolution: int) -> dic
 def measure(denoiser: Denoiser, erasure: Erasure, concepts: ConceptSet, resolution: int = 512,
             probes: int = 4, seed: int = 0, strength: float = 1.0) -> ErasureReport:
     """Prediction-space efficacy and preservation of ``erasure`` on ``denoiser`` (see module docstring)."""
-    injection = DeltaInjection(denoiser.net, erasure.names, lambda n: strength * erasure.delta(n))
+    injection = DeltaInjection(denoiser.net, erasure.names, lambda n: strength * erasure.delta(n),
+                               fp8_compute=denoiser.dtype)
 
     def predict(original: bool, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         x_t, t = x_t.to(denoiser.device, denoiser.dtype), t.to(denoiser.device)
