@@ -38,6 +38,7 @@ class Architecture:
     parameter_sets: dict[str, Rule]
     checkpoint_lists: tuple[str, ...] = ()  # ModuleLists whose every block gradient checkpointing wraps
     default_lora_rank: int = 0  # lora_rank -1 (auto): full updates on the UNets, a LoRA on the large transformers
+    blocks_add_into_inputs: bool = False  # (Flux) checkpointing then runs each block on copies of its inputs
 
 
 def _unet_sets() -> dict[str, Rule]:
@@ -78,7 +79,7 @@ def _mmdit_sets() -> dict[str, Rule]:
 
 ARCHITECTURES: dict[str, Architecture] = {
     "unet": Architecture("unet", "attn2.", _unet_sets()),
-    "flux": Architecture("flux", "double_blocks.", _flux_sets(), ("double_blocks", "single_blocks"), 16),
+    "flux": Architecture("flux", "double_blocks.", _flux_sets(), ("double_blocks", "single_blocks"), 16, True),
     "mmdit": Architecture("mmdit", "joint_blocks.", _mmdit_sets(), ("joint_blocks",), 16),
 }
 

@@ -78,7 +78,8 @@ TRANSFORMER_MODULES = [
      ["transformer_blocks.{0}.attn.to_q", "transformer_blocks.{0}.attn.to_k", "transformer_blocks.{0}.attn.to_v"]),
     (r"(?:double_blocks|joint_blocks)\.(\d+)\.(?:txt_attn|context_block\.attn)\.proj",
      ["transformer_blocks.{0}.attn.to_add_out"]),
-    (r"(?:double_blocks|joint_blocks)\.(\d+)\.(?:img_attn|x_block\.attn)\.proj", ["transformer_blocks.{0}.attn.to_out.0"]),
+    (r"(?:double_blocks|joint_blocks)\.(\d+)\.(?:img_attn|x_block\.attn)\.proj",
+     ["transformer_blocks.{0}.attn.to_out.0"]),
     (r"(?:txt_in|context_embedder)", ["context_embedder"]),
 ]
 

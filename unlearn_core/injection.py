@@ -88,11 +88,12 @@ def _on_copies(forward: Callable) -> Callable:
 
 
 @contextlib.contextmanager
-def checkpointed(net: nn.Module, block_names: list[str]) -> Iterator[None]:
-    """Recompute each named block's activations during backward instead of storing them."""
+def checkpointed(net: nn.Module, block_names: list[str], copy_inputs: bool = False) -> Iterator[None]:
+    """Recompute each named block's activations during backward instead of storing them (``copy_inputs``:
+    for blocks that add into their inputs in place)."""
     blocks = [net.get_submodule(name) for name in block_names]
     for block in blocks:
-        original = _on_copies(block.forward)
+        original = _on_copies(block.forward) if copy_inputs else block.forward
         block.forward = lambda *a, _f=original, **k: (
             checkpoint(_f, *a, use_reentrant=False, **k) if torch.is_grad_enabled() else _f(*a, **k))
     try:

@@ -40,7 +40,7 @@ def x0_eps_from_v(v: Tensor, x_t: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def flow_coordinates(abar: Tensor) -> tuple[Tensor, Tensor]:
-    """(s, scale) with s = sqrt(1 - abar) / (sqrt(abar) + sqrt(1 - abar)): x_flow = scale x_vp, scale = 1 / (sqrt(abar) + sqrt(1 - abar))."""
+    """(s, scale) with scale = 1 / (sqrt(abar) + sqrt(1 - abar)), s = sqrt(1 - abar) scale: x_flow = scale x_vp."""
     scale = 1 / (abar.sqrt() + (1 - abar).sqrt())
     return (1 - abar).sqrt() * scale, scale
 
@@ -51,7 +51,7 @@ def abar_from_flow_sigma(sigma: Tensor) -> Tensor:
 
 
 def x0_eps_from_flow(u: Tensor, x_t: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
-    """Velocity u = eps - x0 on x_flow = (1 - s) x0 + s eps: x0 = x_flow - s u, eps = x_flow + (1 - s) u (safe at s = 1)."""
+    """u = eps - x0 on x_flow = (1 - s) x0 + s eps: x0 = x_flow - s u, eps = x_flow + (1 - s) u (safe at s = 1)."""
     s, scale = flow_coordinates(a)
     x_flow = scale * x_t
     return x_flow - s * u, x_flow + (1 - s) * u

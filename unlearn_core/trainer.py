@@ -278,7 +278,8 @@ class Eraser:
         with torch.no_grad():
             self._probes = self._make_probes() if checking else None
         blocks = self.denoiser.checkpoint_blocks() if cfg.gradient_checkpointing else []
-        with self._injection, checkpointed(self.denoiser.net, blocks):
+        copies = ARCHITECTURES[self.denoiser.architecture].blocks_add_into_inputs
+        with self._injection, checkpointed(self.denoiser.net, blocks, copy_inputs=copies):
             history = self._train(deltas)
         return self._artefact(deltas, originals, history, time.monotonic() - started)
 
