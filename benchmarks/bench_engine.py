@@ -142,11 +142,11 @@ def build_unet(model: str, device, seed: int):
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}")
     if model == "demo":  # the shipped demo model's UNet (trained weights, SD1.5 layout, 320 channels)
-        from unlearn_core.demo.diffusers_pipeline import demo_unet
+        from unlearn_demo.diffusers_pipeline import demo_unet
 
         return demo_unet().to(device), 77
     if model == "toy":
-        from unlearn_core.toy import tiny_pipeline
+        from unlearn_demo.toy import tiny_pipeline
 
         with tempfile.TemporaryDirectory() as tmp:
             pipe = tiny_pipeline(Path(tmp), seed=seed)

@@ -5,7 +5,7 @@
     python benchmarks/bench_node_gpu.py --tiny --device cpu                           # the CI smoke run
 
 Per host, one fresh process (``--worker``) copies the host with this pack linked into custom_nodes
-(``unlearn_core.headless.prepare_host``), imports it in-process without ``--cpu`` (so the MODEL is the
+(``unlearn_demo.headless.prepare_host``), imports it in-process without ``--cpu`` (so the MODEL is the
 host's fp16 UNet on the GPU), writes random-weight checkpoints with the tests' helpers
 (``tests/tiny_comfy.py``): a full-size SD1.5 checkpoint (UNet + CLIP-L) loaded by the stock
 CheckpointLoaderSimple, and a full-size SDXL UNet loaded by the stock UNETLoader with the tests'

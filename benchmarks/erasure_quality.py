@@ -31,7 +31,7 @@ Outputs: ``results.json`` (every run), ``table.md`` (mean and 95% interval over 
 and PNG plots. Deterministic from the seeds.
 
 ``--domain patterns`` runs the same measurements on the second demo domain (grey patterns, pixel
-space, cosine schedule; ``unlearn_core.demo.domains``): a mode's n concepts become its first n
+space, cosine schedule; ``unlearn_demo.domains``): a mode's n concepts become its first n
 patterns, each erased onto "a pattern" (``--concepts`` picks others). ``--mode defaults`` runs
 ``EraseConfig()`` untouched (what the engine and node default to) with the domain's resolution, and
 again with ``erase_until`` 0.9; ``--x-source latents`` gives the erasure the model's own samples of the
@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 from unlearn_core.concepts import parse_concept_text
-from unlearn_core.demo.domains import DOMAINS, Domain
+from unlearn_demo.domains import DOMAINS, Domain
 from unlearn_core.injection import DeltaInjection
 from unlearn_core.report import measure
 from unlearn_core.samples import build_pool

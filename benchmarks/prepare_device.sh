@@ -10,7 +10,7 @@ rm -rf .device && mkdir -p .device/hosts .device/whl
 # API nodes and other models' tokenizers (the tree and the wheels must stay under the tool's 64 MiB)
 python - <<'PY'
 import os, shutil
-from unlearn_core.headless import host_source
+from unlearn_demo.headless import host_source
 common = shutil.ignore_patterns(".git", "__pycache__", "tests*", "web", ".github", "script_examples", "notebooks",
                                 "*.png", "comfy_api_nodes")
 def skip(folder, names):

@@ -1,4 +1,4 @@
-"""The real ComfyUI for the tests: in-process, or as a server on loopback (:mod:`unlearn_core.headless`)."""
+"""The real ComfyUI for the tests: in-process, or as a server on loopback (:mod:`unlearn_demo.headless`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 import sys
 from pathlib import Path
 
-from unlearn_core.headless import PACK_DIR_NAME, ComfyServer, host_label, prepare_host
+from unlearn_demo.headless import PACK_DIR_NAME, ComfyServer, host_label, prepare_host
 
 __all__ = ["ComfyServer", "host_label", "load_inprocess", "prepare_host", "report_numbers"]
 

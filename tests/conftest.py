@@ -84,6 +84,6 @@ def server(comfy_root, tiny_checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_pipe(tmp_path_factory):
-    from unlearn_core.toy import tiny_pipeline
+    from unlearn_demo.toy import tiny_pipeline
 
     return tiny_pipeline(tmp_path_factory.mktemp("pipe"))

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from unlearn_core.concepts import parse_concept_text
-from unlearn_core.demo.main_job import demo_prompts
-from unlearn_core.demo.model import DemoDenoiser, DemoModel, load_classifier
+from unlearn_demo.main_job import demo_prompts
+from unlearn_demo.model import DemoDenoiser, DemoModel, load_classifier
 from unlearn_core.injection import DeltaInjection
 from unlearn_core.report import measure
 from unlearn_core.trainer import EraseConfig, erase

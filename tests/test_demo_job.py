@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from unlearn_core.demo.main_job import JobOptions, build_graph, demo_prompts, run
+from unlearn_demo.main_job import JobOptions, build_graph, demo_prompts, run
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,7 @@ def test_main_job_erases_circle_in_comfyui(tmp_path):
 
 def test_main_job_with_a_users_checkpoint(tmp_path):
     """--ckpt: any SD1.x file (here the assembled demo checkpoint), free prompts, prediction-space report only."""
-    from unlearn_core.demo.assemble import write_checkpoint
+    from unlearn_demo.assemble import write_checkpoint
 
     ckpt = write_checkpoint(tmp_path / "mine.safetensors")
     out = tmp_path / "mine"
@@ -67,7 +67,7 @@ def test_main_job_with_a_users_checkpoint(tmp_path):
 def test_shipped_demo_workflow_is_the_jobs_graph():
     from pathlib import Path
 
-    from unlearn_core.demo.main_job import demo_workflow
+    from unlearn_demo.main_job import demo_workflow
 
     path = Path(__file__).resolve().parents[1] / "workflows" / "api" / "demo_erase_circle.json"
     assert json.loads(path.read_text()) == demo_workflow()

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from unlearn_core.demo.assemble import checkpoint_state_dict, write_checkpoint
-from unlearn_core.demo.model import WEIGHTS, DemoModel, load_classifier
-from unlearn_core.demo.shapes import ATTRIBUTES, batch
+from unlearn_demo.assemble import checkpoint_state_dict, write_checkpoint
+from unlearn_demo.model import WEIGHTS, DemoModel, load_classifier
+from unlearn_demo.shapes import ATTRIBUTES, batch
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +30,8 @@ def loaded(comfy, comfy_root):
 
 
 def test_captions_use_superclass_words_and_single_clip_tokens():
-    from unlearn_core.demo.shapes import Attributes, caption
-    from unlearn_core.demo.train import clip_token_ids, default_tokenizer_dir
+    from unlearn_demo.shapes import Attributes, caption
+    from unlearn_demo.train import clip_token_ids, default_tokenizer_dir
 
     rng = np.random.default_rng(0)
     captions = {caption(Attributes("circle", "red", "white"), rng) for _ in range(300)}
@@ -106,7 +106,7 @@ def test_shipped_classifier_reads_held_out_images():
 
 def test_demo_model_draws_what_prompts_name(demo):
     """Samples of 'a {colour} {shape}' show that shape and colour (the classifier decides)."""
-    from unlearn_core.demo.shapes import COLORS, SHAPES
+    from unlearn_demo.shapes import COLORS, SHAPES
 
     clf = load_classifier()
     prompts = [f"a {c} {s}" for s in SHAPES for c in COLORS]
@@ -124,7 +124,7 @@ def test_training_log_is_shipped():
 
 def test_diffusers_pipeline_computes_what_the_demo_model_does(demo):
     """diffusers' own single-file conversion of the checkpoint (UNet, CLIP) and AutoencoderTiny (TAESD)."""
-    from unlearn_core.demo.diffusers_pipeline import demo_pipeline
+    from unlearn_demo.diffusers_pipeline import demo_pipeline
 
     pipe = demo_pipeline()
     prompts = ["a red circle", "a blue square on a black background", ""]

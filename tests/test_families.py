@@ -12,7 +12,7 @@ from unlearn_core.adapters.diffusers_sd import DiffusersDenoiser, before_after_i
 from unlearn_core.concepts import parse_concept_text
 from unlearn_core.export import to_diffusers_lora
 from unlearn_core.report import measure
-from unlearn_core.toy import tiny_pipeline, tiny_sdxl_pipeline
+from unlearn_demo.toy import tiny_pipeline, tiny_sdxl_pipeline
 from unlearn_core.trainer import EraseConfig, erase
 
 PAIR = parse_concept_text("a red circle -> a red shape")

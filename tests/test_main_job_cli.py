@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from unlearn_core import headless
-from unlearn_core.demo.main_job import JobOptions, check_options, grid, main
-from unlearn_core.demo.progress import JobProgress, phase_of, seconds_left
+from unlearn_demo.main_job import JobOptions, check_options, grid, main
+from unlearn_demo.progress import JobProgress, phase_of, seconds_left
 from unlearn_core.trainer import divergence_names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,9 +61,9 @@ def test_a_misspelt_option_stops_the_job_before_comfyui_starts(tmp_path, capsys)
 
 
 def test_help_texts_exit_0_and_show_the_real_defaults():
-    demo = _python("-m", "unlearn_core.demo", "--help")
+    demo = _python("-m", "unlearn_demo", "--help")
     assert demo.returncode == 0 and "run" in demo.stdout and "assemble" in demo.stdout
-    run = _python("-m", "unlearn_core.demo", "run", "--help")
+    run = _python("-m", "unlearn_demo", "run", "--help")
     assert run.returncode == 0, run.stderr
     assert f"(default: {JobOptions().steps})" in run.stdout and "[--steps 120]" not in run.stdout
     assert "--quick" in run.stdout and "--cpu" in run.stdout
@@ -167,7 +167,7 @@ def test_the_demo_grid_fits_its_labels_and_divides_before_from_after():
 
 
 def test_the_demo_checkpoint_gets_the_umasks_mode(tmp_path):
-    from unlearn_core.demo.assemble import write_checkpoint
+    from unlearn_demo.assemble import write_checkpoint
 
     old = os.umask(0o022)
     try:
@@ -184,7 +184,7 @@ def test_ci_runs_the_readmes_two_commands_verbatim():
     commands = readme_commands((ROOT / "README.md").read_text())
     assert set(commands) == {"main-job", "tests"}
     assert 'pip install -e ".[comfy]"' in commands["main-job"]
-    assert "python -m unlearn_core.demo run" in commands["main-job"]
+    assert "python -m unlearn_demo run" in commands["main-job"]
     assert "apt-get update" in commands["tests"] and "sudo" not in commands["tests"]
     assert commands["tests"].rstrip().endswith("python -m pytest")
     ci = (ROOT / ".ci" / "run").read_text()

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from unlearn_core.concepts import parse_concept_text
-from unlearn_core.demo.model import load_classifier
-from unlearn_core.demo.pattern_model import (
+from unlearn_demo.model import load_classifier
+from unlearn_demo.pattern_model import (
     PATTERN_WEIGHTS,
     RESOLUTION,
     PatternDenoiser,
@@ -16,7 +16,7 @@ from unlearn_core.demo.pattern_model import (
     cosine_alphas_cumprod,
     pattern_prompts,
 )
-from unlearn_core.demo.patterns import ATTRIBUTES, PATTERNS, SCALES, batch, vocabulary
+from unlearn_demo.patterns import ATTRIBUTES, PATTERNS, SCALES, batch, vocabulary
 from unlearn_core.injection import DeltaInjection
 from unlearn_core.trainer import EraseConfig, erase
 
@@ -45,7 +45,7 @@ def test_space_to_depth_round_trips_images(model):
 
 
 def test_shipped_parts_are_small_and_every_caption_word_is_one_clip_token(model):
-    from unlearn_core.demo.train import clip_token_ids, default_tokenizer_dir
+    from unlearn_demo.train import clip_token_ids, default_tokenizer_dir
 
     size = sum(f.stat().st_size for f in PATTERN_WEIGHTS.glob("*.safetensors"))
     assert size < 3_000_000

@@ -9,7 +9,7 @@ import pytest
 
 from test_quality_benchmark import _bench
 from unlearn_core.cli import build_parser
-from unlearn_core.demo.main_job import JobOptions, build_graph
+from unlearn_demo.main_job import JobOptions, build_graph
 from unlearn_core.settings import declared, defaults
 from unlearn_core.trainer import EraseConfig
 from workflow_format import API_WORKFLOWS, WORKFLOWS, ui_to_api

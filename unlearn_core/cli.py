@@ -1,8 +1,8 @@
-"""Command line on diffusers pipeline folders: ``divergence-unlearn {toy-pipeline,erase,generate} ...``.
+"""Command line on diffusers pipeline folders: ``divergence-unlearn {erase,generate} ...``.
 
-The same as ``python -m unlearn_core ...``. ``toy-pipeline`` writes a tiny pipeline with random weights
-(to try the others), ``erase`` trains an erasure file from a concept set, ``generate`` draws a
-before/after grid with an erasure file.
+The same as ``python -m unlearn_core ...``. ``erase`` trains an erasure file from a concept set,
+``generate`` draws a before/after grid with an erasure file. (A tiny pipeline with random weights to
+try them on: ``python -m unlearn_demo toy-pipeline FOLDER``.)
 """
 
 from __future__ import annotations
@@ -35,16 +35,6 @@ def _progress(info: StepInfo) -> None:
     print(f"\rtraining [{bar:<30}] {info.step}/{info.total} loss {info.loss:.4g} S {info.mean_s:.3g} "
           f"r {info.ratio:.3g} (sigma {info.sigma:.3g})",
           end="\n" if info.step == info.total else "", file=sys.stderr, flush=True)
-
-
-def cmd_toy_pipeline(args) -> int:
-    from .toy import tiny_pipeline
-
-    out = Path(args.folder)
-    pipe = tiny_pipeline(out / ".tokenizer", seed=args.seed)
-    pipe.save_pretrained(out)
-    print(f"toy pipeline (random weights) written to {out}")
-    return 0
 
 
 def cmd_erase(args) -> int:
@@ -96,11 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-
-    toy = sub.add_parser("toy-pipeline", help="write a toy Stable Diffusion pipeline with random weights")
-    toy.add_argument("folder")
-    toy.add_argument("--seed", type=int, default=0)
-    toy.set_defaults(run=cmd_toy_pipeline)
 
     e = sub.add_parser("erase", help="erase concepts from a diffusers pipeline folder into an erasure file")
     e.add_argument("--pipeline", required=True, help="diffusers pipeline folder (model_index.json)")

