@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from unlearn_core import headless
+from unlearn_demo import headless
 from unlearn_demo.main_job import JobOptions, check_options, grid, main
 from unlearn_demo.progress import JobProgress, phase_of, seconds_left
 from unlearn_core.trainer import divergence_names
