@@ -141,6 +141,7 @@ class StepInfo:
     grad_norm: float = math.nan
     sigma: float = math.nan  # the closed forms' sigma (calibrated when the setting is 0 = auto)
     moved: float = math.nan  # on check steps: the least any target moved onto its anchor (report.Probes)
+    progress: float = math.nan  # on check steps: the least progress of any target towards its mode's aim
     drift: float = math.nan  # on check steps: the largest keep drift
 
     @property
@@ -158,7 +159,7 @@ class Checkpoint:
     """The state measured at a check step (deltas on the CPU only when they may be restored)."""
 
     step: int
-    moved: float
+    progress: float
     state: dict[str, Tensor] | None = None
 
 
@@ -362,6 +363,7 @@ class Eraser:
                     with torch.no_grad():
                         report = self._probes.measure(self._predict)
                     info.moved = min(p["moved"] for p in report.pairs)
+                    info.progress = min(p["progress"] for p in report.pairs)
                     info.drift = max((k["drift"] for k in report.keep), default=0.0)
                 history.append(info)
                 self.callback(info)
@@ -369,16 +371,17 @@ class Eraser:
                     deltas.load_state_dict(best.state)
                     self.stop_reason = (f"keep drift {info.drift:.0%} passed max_keep_drift {cfg.max_keep_drift:.0%} "
                                         f"at step {step}: returned the state of step {best.step} "
-                                        f"(moved {best.moved:.0%})")
+                                        f"({best.progress:.0%} of the way)")
                     break
                 if check:
-                    best = Checkpoint(step, info.moved, self._snapshot(deltas))
-                if check and cfg.erase_until > 0 and info.moved >= cfg.erase_until:
+                    best = Checkpoint(step, info.progress, self._snapshot(deltas))
+                if check and cfg.erase_until > 0 and info.progress >= cfg.erase_until:
                     self.stop_reason = (f"erase_until {cfg.erase_until:.0%} reached at step {step} "
-                                        f"(moved {info.moved:.0%})")
+                                        f"({info.progress:.0%} of the way to the {cfg.target_mode} aim; "
+                                        f"moved {info.moved:.0%})")
                     break
         if self._probes is not None and best.step == cfg.steps:
-            self.stop_reason += f" (moved {best.moved:.0%})"
+            self.stop_reason += f" ({best.progress:.0%} of the way to the {cfg.target_mode} aim)"
         return history
 
     def _make_probes(self) -> Probes:
@@ -386,7 +389,8 @@ class Eraser:
         cfg = self.config
         conds = encode_all(self.denoiser, self.concepts, cfg.resolution)
         return Probes(self.denoiser, self._predict, self.pairs, list(self.concepts.keep), conds, PROBES_PER_PAIR,
-                      cfg.resolution, torch.Generator().manual_seed(cfg.seed + 1))
+                      cfg.resolution, torch.Generator().manual_seed(cfg.seed + 1), target_mode=cfg.target_mode,
+                      eta=cfg.guidance_eta, erase_from=cfg.erase_from)
 
     def _predict(self, original: bool, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         return self._net_call(original, x_t, t, cond).cpu()
@@ -434,7 +438,8 @@ class Eraser:
             config=asdict(replace(self.config, sigma=self.sigma)),
             sigma_auto=self.config.sigma == 0,
             seconds=round(seconds, 2),
-            history=[[h.step, h.loss, h.mean_s, h.keep_s, h.grad_norm, h.moved, h.drift] for h in history],
+            history=[[h.step, h.loss, h.mean_s, h.keep_s, h.grad_norm, h.moved, h.drift, h.progress]
+                     for h in history],
             stopped=self.stop_reason,
         )
         return erasure
