@@ -8,6 +8,9 @@
     python benchmarks/erasure_quality.py --domain patterns --mode defaults --concepts checks dots --out out/patterns
     python benchmarks/erasure_quality.py --domain patterns --mode defaults --concepts checks dots --x-source latents
     python benchmarks/erasure_quality.py --domain patterns --mode defaults --concepts checks dots --anchors
+    python benchmarks/erasure_quality.py --agreement --concepts circle red --eval-seeds 2  # probes vs classifier
+    python benchmarks/erasure_quality.py --domain patterns --agreement --concepts dots checks --set sigma=0 \
+        --set divergence=mse  # the same with other EraseConfig settings, at --agreement-steps 10 20 30 40 60
 
 Every run erases one concept (a shape towards "shape", or a colour towards no colour) from the demo
 model with one divergence, target mode, learning rate and seed, training the cross-attention K/V
