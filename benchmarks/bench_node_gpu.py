@@ -9,8 +9,11 @@ Per host, one fresh process (``--worker``) copies the host with this pack linked
 host's fp16 UNet on the GPU), writes random-weight checkpoints with the tests' helpers
 (``tests/tiny_comfy.py``): a full-size SD1.5 checkpoint (UNet + CLIP-L) loaded by the stock
 CheckpointLoaderSimple, and a full-size SDXL UNet loaded by the stock UNETLoader with the tests'
-stand-in SDXL text encoders. Then it runs the Divergence Unlearn node, one run after the other in
-that process: its widget defaults, then variants (``VARIANTS``).
+stand-in SDXL text encoders; on hosts that have Flux, Flux-dev's released architecture (11.9B
+parameters, random weights stored in fp8 and computed in bf16, as ComfyUI runs fp8 Flux files on 24 GB
+cards) built in-process by the host's classes, with a stand-in for its text encoders (``tests/tiny_dit.py``).
+Then it runs the Divergence Unlearn node, one run after the other in that process: its widget defaults,
+then variants (``VARIANTS``).
 
 Columns: training s/step = wall time from the first to the last optimiser step (CUDA-synchronised
 there) / (steps - 1); node s = the node call's wall time (anchor-sample pool, setup and chart
@@ -52,7 +55,17 @@ VARIANTS = [
     ("SDXL 1024 px, batch 1, 20 steps", "sdxl", {"resolution": 1024, "batch_size": 1, "steps": 20}),
     ("SDXL, + checkpointing", "sdxl", {"resolution": 1024, "batch_size": 1, "steps": 20,
                                        "gradient_checkpointing": True}),
+    # Flux-dev at its released size: LoRA 16 (the node's auto rank there), fp8 weights as 24 GB cards load them
+    ("Flux-dev fp8 1024 px, LoRA 16, checkpointing", "flux", {"resolution": 1024, "batch_size": 1, "steps": 10,
+                                                              "anchor_samples": 2, "sample_steps": 10,
+                                                              "gradient_checkpointing": True}),
+    ("Flux-dev fp8 1024 px, LoRA 16, no checkpointing", "flux", {"resolution": 1024, "batch_size": 1, "steps": 10,
+                                                                 "anchor_samples": 2, "sample_steps": 10}),
+    ("Flux-dev fp8 512 px, LoRA 16, checkpointing", "flux", {"resolution": 512, "batch_size": 1, "steps": 10,
+                                                             "anchor_samples": 2, "sample_steps": 10,
+                                                             "gradient_checkpointing": True}),
 ]
+MODEL_CHOICES = ("sd15", "sdxl", "flux")
 TINY = {"steps": 3, "resolution": 64, "anchor_samples": 1, "sample_steps": 2, "critic_warmup": 1}
 
 
@@ -165,6 +178,30 @@ def cached_file(args, name: str, write) -> Path:
     return path
 
 
+def flux_model(args, cuda: bool):
+    """Flux-dev's architecture with random weights, built in-process by the host's classes (a 12 GB fp8 file
+    would cost the run minutes to write), stored in fp8 and computed in bf16 as the host does for fp8 files;
+    with the tests' stand-in for its T5-XXL + CLIP-L. None where the host predates Flux."""
+    import comfy.model_patcher
+    import comfy.supported_models
+    import torch
+
+    from tiny_dit import StandInFluxClip, build_dit
+
+    if not hasattr(comfy.supported_models, "Flux"):
+        print("[bench] this host has no Flux: skipped", file=sys.stderr, flush=True)
+        return None
+    device = torch.device(args.device)
+    if args.tiny:
+        model = build_dit("Flux", device=args.device)
+        clip = StandInFluxClip()
+    else:
+        model = build_dit("Flux", full=True, device=args.device, weight_dtype=torch.float8_e4m3fn,
+                          compute_dtype=torch.bfloat16)
+        clip = StandInFluxClip(context_dim=4096)
+    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu")), clip
+
+
 def worker(args) -> None:
     import torch
 
@@ -197,9 +234,11 @@ def worker(args) -> None:
     if "sdxl" in args.models:
         sdxl = call_node(nodes_module, "UNETLoader", unet_name="bench_sdxl.safetensors", weight_dtype="default")[0]
         models["sdxl"] = (sdxl, StandInSDXLClip())
+    if "flux" in args.models and (flux := flux_model(args, cuda)) is not None:
+        models["flux"] = flux
     rows = []
     for label, model_name, overrides in VARIANTS:
-        if model_name not in args.models:
+        if model_name not in models:
             continue
         model, clip = models[model_name]
         rows.append(run_variant(nodes_module, pack, model, clip, label, overrides, args.tiny, cuda))
@@ -239,13 +278,13 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: 2024, and $COMFYUI_PATH when set)")
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--tiny", action="store_true", help="tiny models and runs (the CPU smoke run)")
-    parser.add_argument("--model", action="append", dest="models", choices=["sd15", "sdxl"])
+    parser.add_argument("--model", action="append", dest="models", choices=MODEL_CHOICES)
     parser.add_argument("--out", type=Path, help="write the tables here (and the raw numbers beside, .json)")
     parser.add_argument("--models-dir", type=Path, help="where the random-weight model files are written once "
                         "(default: a temporary folder, removed at the end)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.models = args.models or ["sd15", "sdxl"]
+    args.models = args.models or list(MODEL_CHOICES)
     if args.worker:
         worker(args)
         return 0

@@ -22,7 +22,9 @@ from torch import Tensor
 
 import comfy.model_management as mm
 
+from ..unlearn_core.architectures import architecture_of
 from ..unlearn_core.denoiser import Conditioning, Denoiser
+from ..unlearn_core.schedule import abar_from_flow_sigma, flow_coordinates
 from ..unlearn_core.erasure import Erasure, fingerprint
 
 
@@ -38,20 +40,35 @@ def model_sampling(patcher):
     return patcher.object_patches.get("model_sampling", patcher.model.model_sampling)
 
 
+FLOW_SAMPLINGS = ("ModelSamplingDiscreteFlow", "ModelSamplingFlux")  # rectified flow: x = (1 - s) x0 + s eps
+FLUX_GUIDANCE = 3.5  # Flux-dev's distilled guidance when the graph sets none (ComfyUI's Flux.extra_conds, FluxGuidance)
+
+
 def prediction_type(sampling) -> str | None:
-    """'epsilon' or 'v_prediction' for a discrete DDPM schedule whose timestep t has sigma ``sigmas[t]``; else None."""
+    """'epsilon', 'v_prediction' (a discrete DDPM schedule whose timestep t has sigma ``sigmas[t]``) or 'flow'
+    (a rectified-flow schedule predicting the velocity, as Flux and SD3 do); else None."""
     import comfy.model_sampling as ms
 
+    denoised = type(sampling).calculate_denoised
+    flows = tuple(getattr(ms, name) for name in FLOW_SAMPLINGS if hasattr(ms, name))
+    if flows and isinstance(sampling, flows):
+        return "flow" if denoised is ms.CONST.calculate_denoised else None
     if not isinstance(sampling, ms.ModelSamplingDiscrete):
         return None
     if not torch.equal(sampling.timestep(sampling.sigmas).long().cpu(), torch.arange(len(sampling.sigmas))):
         return None  # e.g. a distilled (LCM) schedule
-    denoised = type(sampling).calculate_denoised
     return {ms.EPS.calculate_denoised: "epsilon", ms.V_PREDICTION.calculate_denoised: "v_prediction"}.get(denoised)
 
 
+def schedule_of(sampling, kind: str) -> tuple[Tensor, Tensor]:
+    """(abar [T], the network's timestep input [T]) for each of the schedule's ``sigmas``, in DDPM terms."""
+    sigmas = sampling.sigmas.detach().double().cpu()
+    abar = abar_from_flow_sigma(sigmas) if kind == "flow" else 1.0 / (1.0 + sigmas**2)
+    return abar.float(), sampling.timestep(sampling.sigmas.detach()).float().cpu()
+
+
 class ComfyDenoiser(Denoiser):
-    """A trainable copy of a ComfyUI MODEL's diffusion network, with its schedule and CLIP."""
+    """A trainable view of a ComfyUI MODEL's diffusion network, with its schedule and CLIP."""
 
     key_format = "ldm"
 
@@ -64,25 +81,45 @@ class ComfyDenoiser(Denoiser):
             raise ValueError(f"this {model_family(patcher)} model samples with {type(sampling).__name__} "
                              f"({base.model_type.name}); Divergence Unlearn trains epsilon- and v-prediction UNets "
                              "on a discrete schedule (SD1.x, SD2.x, SDXL; ModelSamplingDiscrete eps or v_prediction, "
-                             "zsnr allowed): remove or change the model-sampling node before it")
+                             "zsnr allowed) and rectified-flow transformers (Flux, SD3; ModelSamplingFlux / "
+                             "ModelSamplingSD3 allowed): remove or change the model-sampling node before it")
         if clip is None:
             raise ValueError("no CLIP is connected (this checkpoint has no text encoder): load one with a CLIP loader")
         self.family = model_family(patcher)
         self.prediction_type = kind
-        sigmas = sampling.sigmas.detach().double().cpu()
-        self.alphas_cumprod = (1.0 / (1.0 + sigmas**2)).float()
-        self.latent_channels = base.diffusion_model.out_channels
+        self.alphas_cumprod, self._net_timesteps = schedule_of(sampling, kind)
+        network = base.diffusion_model
+        self.architecture = architecture_of([name for name, _ in network.named_parameters()]).name
+        # the latent format's channels (Flux's network outputs 2x2 patches: 64) where the host states them
+        self.latent_channels = getattr(base.latent_format, "latent_channels", network.out_channels)
+        self.latent_downscale = getattr(base.latent_format, "spacial_downscale_ratio", 8)
+        self.guidance_distilled = bool(getattr(getattr(network, "params", None), "guidance_embed", False))
         # a bound method, not the module: the host's model must not become a submodule of ours
-        self._encode_adm = base.encode_adm if (getattr(base, "adm_channels", 0) or 0) > 0 else None
+        pooled_input = (getattr(base, "adm_channels", 0) or 0) > 0 or self.architecture != "unet"
+        self._encode_adm = base.encode_adm if pooled_input else None
+        self._compute_dtype = base.manual_cast_dtype or base.get_dtype()  # fp8 weights compute in bf16/fp16/fp32
         self.clip = clip
         mm.load_models_gpu([patcher])  # applies upstream patches (LoRAs, other erasures) to the live weights
-        self.net = shared_weights_view(base.diffusion_model)  # the host keeps its model loaded: one copy
+        self.net = shared_weights_view(network)  # the host keeps its model loaded: one copy
+        if self.architecture == "flux":
+            copy_norm_inputs(self.net)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the host computes in (its manual-cast dtype where the weights are stored in another)."""
+        return self._compute_dtype
 
     def forward(self, x_t: Tensor, timesteps: Tensor, cond: Conditioning) -> Tensor:
-        extra = {"y": cond["y"]} if "y" in cond else {}
-        return self.net(x_t, timesteps.float(), context=cond["context"], **extra)
+        t = self._net_timesteps.to(x_t.device)[timesteps]
+        if self.prediction_type == "flow":  # the network's own coordinates: x_flow = scale * x_t
+            scale = flow_coordinates(self.alphas_cumprod.to(x_t.device)[timesteps])[1]
+            x_t = x_t * scale.view(-1, *([1] * (x_t.dim() - 1))).to(x_t.dtype)
+        extra = {k: cond[k] for k in ("y", "guidance") if k in cond}
+        return self.net(x_t, t, context=cond["context"], **extra)
 
     def checkpoint_blocks(self) -> list[str]:
+        if self.architecture != "unet":
+            return super().checkpoint_blocks()
         # the host's UNet calls the layers inside each block one by one (forward_timestep_embed), never
         # the block's own forward: so the layers are what gradient checkpointing wraps
         blocks = ([f"input_blocks.{i}" for i in range(len(self.net.input_blocks))] + ["middle_block"]
@@ -107,6 +144,8 @@ class ComfyDenoiser(Denoiser):
             out = {"context": _equal_length_cat(contexts).to(self.device, self.dtype)}
             if ys:
                 out["y"] = torch.cat(ys).to(self.device, self.dtype)
+            if self.guidance_distilled:
+                out["guidance"] = torch.full((len(prompts),), FLUX_GUIDANCE, device=self.device, dtype=torch.float32)
         return out
 
     def release(self) -> None:
@@ -131,6 +170,18 @@ def shared_weights_view(module: torch.nn.Module) -> torch.nn.Module:
             memo[id(tensor)] = torch.nn.Parameter(alias, requires_grad=False) if isinstance(
                 tensor, torch.nn.Parameter) else alias
         return copy.deepcopy(module, memo)
+
+
+def copy_norm_inputs(net: torch.nn.Module) -> None:
+    """Make each LayerNorm of ``net`` normalise a copy of its input.
+
+    Flux's blocks add their residuals in place (``txt += ...``) into the tensor their LayerNorm saved for
+    backward, which autograd refuses; on a copy the saved tensor stays as it was. ``net`` is the pack's
+    private view, so the host's modules are untouched.
+    """
+    for module in net.modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            module.register_forward_pre_hook(lambda _, args: (args[0].clone(), *args[1:]))
 
 
 def _equal_length_cat(contexts: list[Tensor]) -> Tensor:

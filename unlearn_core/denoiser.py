@@ -2,7 +2,9 @@
 
 Adapters (``unlearn_core.adapters.diffusers_sd``, ``nodes.comfy_adapter``) subclass :class:`Denoiser`.
 Everything is in DDPM terms: ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` with integer timesteps
-``t`` in ``[0, T)``, and the network returns epsilon or v according to ``prediction_type``.
+``t`` in ``[0, T)`` indexing ``alphas_cumprod``, and the network returns epsilon, v or a flow velocity
+according to ``prediction_type``. A flow-matching adapter states its schedule as the ``abar`` with the
+same signal-to-noise ratio and converts x_t itself (``schedule.flow_coordinates``); see README, "The maths".
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from typing import Dict
 import torch
 from torch import Tensor, nn
 
+from .architectures import ARCHITECTURES
+
 Conditioning = Dict[str, Tensor]
 """Batch-first tensors the network needs besides x_t and t, e.g. ``{"context": [B, 77, 768]}``."""
 
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "flow")
 
 
 class Denoiser(nn.Module):
@@ -29,7 +33,10 @@ class Denoiser(nn.Module):
     prediction_type: str
     alphas_cumprod: Tensor  # [T], float32, on CPU
     latent_channels: int
+    latent_downscale: int = 8  # image pixels per latent pixel
     family: str  # "sd1", "sd2", "sdxl", ...: names the model in errors and in erasure metadata
+    architecture: str = "unet"  # a key of ``architectures.ARCHITECTURES``: how the network's tensors are named
+    guidance_distilled: bool = False  # guidance is an input of the network (Flux-dev): sample without CFG
     key_format: str  # how ``net``'s parameter names are spelled: "diffusers" or "ldm"
     data_range: tuple[float, float] | None = None  # x0's known range (pixel-space models); None for latents
 
@@ -42,8 +49,12 @@ class Denoiser(nn.Module):
         raise NotImplementedError
 
     def checkpoint_blocks(self) -> list[str]:
-        """Names (inside ``net``) of the blocks that gradient checkpointing recomputes in backward."""
-        raise NotImplementedError
+        """Names (inside ``net``) of the blocks that gradient checkpointing recomputes in backward: by default
+        every block of the architecture's block lists (``architectures.Architecture.checkpoint_lists``)."""
+        lists = ARCHITECTURES[self.architecture].checkpoint_lists
+        if not lists:
+            raise NotImplementedError(f"{type(self).__name__} names no blocks to checkpoint")
+        return [f"{name}.{i}" for name in lists for i in range(len(self.net.get_submodule(name)))]
 
     @property
     def device(self) -> torch.device:

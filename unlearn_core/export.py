@@ -8,10 +8,15 @@ error ``||D - up @ down||_F / ||D||_F``.
 diffusers (0.42) reads ``unet.<module path>.lora_A.weight`` [r, in] and ``.lora_B.weight`` [out, r];
 without alphas in the state dict it sets PEFT's ``lora_alpha`` equal to each module's rank, so
 ``W = W0 + lora_B @ lora_A`` with scale 1. Our own ``alpha / rank`` is therefore folded into ``lora_B``.
+
+Erasures of Flux and SD3 (trained in ComfyUI, so with the host's names) export to diffusers'
+``transformer.<module path>`` names: the fused ``qkv`` of a stream becomes diffusers' three projections
+(rows q, k, v; the LoRA's ``down`` is shared). diffusers' Flux loader also reads the ComfyUI file itself.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import torch
@@ -64,19 +69,48 @@ def low_rank(erasure: Erasure, rank: int | None = None) -> tuple[Erasure, dict[s
     return out, errors
 
 
+# ComfyUI's name of a Flux / SD3 linear layer -> diffusers' module(s) (one per row chunk of a fused qkv)
+TRANSFORMER_MODULES = [
+    (r"(?:double_blocks|joint_blocks)\.(\d+)\.(?:txt_attn|context_block\.attn)\.qkv",
+     ["transformer_blocks.{0}.attn.add_q_proj", "transformer_blocks.{0}.attn.add_k_proj",
+      "transformer_blocks.{0}.attn.add_v_proj"]),
+    (r"(?:double_blocks|joint_blocks)\.(\d+)\.(?:img_attn|x_block\.attn)\.qkv",
+     ["transformer_blocks.{0}.attn.to_q", "transformer_blocks.{0}.attn.to_k", "transformer_blocks.{0}.attn.to_v"]),
+    (r"(?:double_blocks|joint_blocks)\.(\d+)\.(?:txt_attn|context_block\.attn)\.proj",
+     ["transformer_blocks.{0}.attn.to_add_out"]),
+    (r"(?:double_blocks|joint_blocks)\.(\d+)\.(?:img_attn|x_block\.attn)\.proj", ["transformer_blocks.{0}.attn.to_out.0"]),
+    (r"(?:txt_in|context_embedder)", ["context_embedder"]),
+]
+
+
+def diffusers_modules(erasure: Erasure, name: str) -> list[str] | None:
+    """The diffusers modules (with the pipeline's ``unet.`` / ``transformer.`` prefix) a linear weight ``name``
+    maps to, one per row chunk; None where diffusers has no such linear layer."""
+    if not (name.endswith(".weight") and len(erasure.shapes[name]) == 2):
+        return None
+    stem = name[: -len(".weight")]
+    if erasure.metadata.get("key_format") == "diffusers":
+        return ["unet." + stem]
+    for pattern, modules in TRANSFORMER_MODULES:
+        if match := re.fullmatch(pattern, stem):
+            return ["transformer." + m.format(*match.groups()) for m in modules]
+    return None
+
+
 def unsupported_tensors(erasure: Erasure) -> list[str]:
-    """Names a diffusers LoRA cannot carry: everything but 2-D ``.weight`` tensors (linear layers)."""
-    return [n for n in erasure.names if not (n.endswith(".weight") and len(erasure.shapes[n]) == 2)]
+    """Names a diffusers LoRA cannot carry: everything but linear weights diffusers has a module for."""
+    return [n for n in erasure.names if diffusers_modules(erasure, n) is None]
 
 
 def to_diffusers_lora(erasure: Erasure, skip_unsupported: bool = False) -> dict[str, Tensor]:
-    """A state dict that ``StableDiffusionPipeline.load_lora_weights`` (or the SDXL one) loads into the UNet.
+    """A state dict that ``StableDiffusionPipeline.load_lora_weights`` (or the SDXL, Flux or SD3 one) loads.
 
     Full deltas are factorised exactly (numerical rank); for a smaller LoRA pass ``low_rank(erasure, r)[0]``,
     whose second value holds the approximation errors. Tensors other than linear weights raise
     :class:`ErasureError` naming them, unless ``skip_unsupported`` (then a warning names what was left out).
     """
-    erasure.require_key_format("diffusers")
+    if erasure.metadata.get("family") not in ("Flux", "FluxSchnell", "SD3", "SD35"):
+        erasure.require_key_format("diffusers")
     skipped = unsupported_tensors(erasure)
     if skipped and not skip_unsupported:
         raise ErasureError(
@@ -89,14 +123,15 @@ def to_diffusers_lora(erasure: Erasure, skip_unsupported: bool = False) -> dict[
     left_out = set(skipped)
     state: dict[str, Tensor] = {}
     for name in (n for n in erasure.names if n not in left_out):
-        if name in erasure.full:
-            up, down, _ = factorise(erasure.full[name])
-        else:
+        modules = diffusers_modules(erasure, name)
+        if name in erasure.lora:
             up, down, alpha = erasure.lora[name]
-            up = up.float() * (alpha / up.shape[1])
-        module = "unet." + name[: -len(".weight")]
-        state[module + ".lora_A.weight"] = down.float().contiguous()
-        state[module + ".lora_B.weight"] = up.float().contiguous()
+            factors = [(chunk * (alpha / up.shape[1]), down) for chunk in up.float().chunk(len(modules))]
+        else:
+            factors = [factorise(chunk)[:2] for chunk in erasure.full[name].chunk(len(modules))]
+        for module, (up, down) in zip(modules, factors):
+            state[module + ".lora_A.weight"] = down.float().contiguous()
+            state[module + ".lora_B.weight"] = up.float().contiguous()
     return state
 
 

@@ -21,10 +21,12 @@ from torch.utils.checkpoint import checkpoint
 class DeltaInjection:
     """Serve ``W0 + delta(name)`` to the modules that own the named tensors of ``net`` (see module doc)."""
 
-    def __init__(self, net: nn.Module, names: list[str], delta: Callable[[str], Tensor]):
+    def __init__(self, net: nn.Module, names: list[str], delta: Callable[[str], Tensor],
+                 fp8_compute: torch.dtype = torch.float32):
         self.net = net
         self.names = names
         self.delta = delta
+        self.fp8_compute = fp8_compute  # fp8 weights (torch cannot add to them) are served in this dtype
         self.use_deltas = True
         self._saved: dict[str, tuple[nn.Module, str, nn.Parameter]] = {}
         self._hooks: list = []
@@ -53,7 +55,8 @@ class DeltaInjection:
                 _, _, original = self._saved[f"{owner}.{attr}"]
                 value = original.detach()
                 if self.use_deltas:
-                    value = value + self.delta(f"{owner}.{attr}").to(original)
+                    dtype = original.dtype if original.element_size() > 1 else self.fp8_compute
+                    value = value.to(dtype) + self.delta(f"{owner}.{attr}").to(dtype)
                 object.__setattr__(module, attr, value)
         return set_weights
 
@@ -75,12 +78,21 @@ class DeltaInjection:
             self.use_deltas = True
 
 
+def _on_copies(forward: Callable) -> Callable:
+    """``forward`` on copies of its tensor arguments: a block that adds into its inputs in place (Flux's
+    ``txt += ...``) must not change the tensors checkpoint keeps to recompute it from."""
+    def run(*args, **kwargs):
+        copy = lambda v: v.clone() if isinstance(v, Tensor) else v  # noqa: E731
+        return forward(*map(copy, args), **{k: copy(v) for k, v in kwargs.items()})
+    return run
+
+
 @contextlib.contextmanager
 def checkpointed(net: nn.Module, block_names: list[str]) -> Iterator[None]:
     """Recompute each named block's activations during backward instead of storing them."""
     blocks = [net.get_submodule(name) for name in block_names]
     for block in blocks:
-        original = block.forward
+        original = _on_copies(block.forward)
         block.forward = lambda *a, _f=original, **k: (
             checkpoint(_f, *a, use_reentrant=False, **k) if torch.is_grad_enabled() else _f(*a, **k))
     try:

@@ -1,65 +1,31 @@
-"""Which tensors an erasure trains (one registry), and the trainable deltas on top of them.
+"""Which tensors an erasure trains, and the trainable deltas on top of them.
 
-Names follow the network's own ``named_parameters()``; the cross-attention of both the diffusers and
-the ldm/ComfyUI spelling of the Stable Diffusion UNet is ``...attn2.to_{q,k,v,out.0}``, and its
-self-attention ``...attn1...``, so one set of rules serves both.
+The rules that name the tensors of each parameter set live with each architecture
+(``architectures.ARCHITECTURES``); this module selects by them and holds the deltas.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
-Rule = Callable[[str], bool]
+from .architectures import ARCHITECTURES, PARAMETER_SET_NAMES
 
 
-def _cross_attention_kv(name: str) -> bool:
-    """ESD-x-strict / Concept Ablation: cross-attention key and value projections."""
-    return ".attn2.to_k." in name or ".attn2.to_v." in name
-
-
-def _cross_attention(name: str) -> bool:
-    """ESD-x: every cross-attention tensor (q, k, v, out)."""
-    return ".attn2." in name
-
-
-def _all_attention(name: str) -> bool:
-    """Self- and cross-attention tensors."""
-    return ".attn1." in name or ".attn2." in name
-
-
-def _not_cross_attention(name: str) -> bool:
-    """ESD-u: everything but cross-attention (and the timestep/class embeddings)."""
-    return ".attn2." not in name and not name.startswith(("time_embed", "time_embedding", "label_emb", "add_embedding"))
-
-
-def _everything(name: str) -> bool:
-    """Every tensor of the network."""
-    return True
-
-
-PARAMETER_SETS: dict[str, Rule] = {
-    "cross_attn_kv": _cross_attention_kv,
-    "cross_attn": _cross_attention,
-    "attn": _all_attention,
-    "non_cross_attn": _not_cross_attention,
-    "full": _everything,
-}
-
-
-def select_parameters(net: nn.Module, parameter_set: str) -> list[str]:
+def select_parameters(net: nn.Module, parameter_set: str, architecture: str = "unet") -> list[str]:
     """Names of the tensors of ``net`` that ``parameter_set`` trains, in ``named_parameters`` order."""
-    if parameter_set not in PARAMETER_SETS:
-        raise ValueError(f"unknown parameter set {parameter_set!r}; choose one of {', '.join(PARAMETER_SETS)}")
-    rule = PARAMETER_SETS[parameter_set]
+    if parameter_set not in PARAMETER_SET_NAMES:
+        raise ValueError(f"unknown parameter set {parameter_set!r}; choose one of {', '.join(PARAMETER_SET_NAMES)}")
+    rule = ARCHITECTURES[architecture].parameter_sets[parameter_set]
     names = [name for name, _ in net.named_parameters() if rule(name)]
     if not names:
         raise ValueError(
-            f"parameter set {parameter_set!r} matches no tensor of this network: it has no "
-            "'attn2' cross-attention layers, so it is not a Stable Diffusion-style UNet"
+            f"parameter set {parameter_set!r} matches no tensor of this {architecture} network"
+            + (": it has no 'attn2' cross-attention layers, so it is not a Stable Diffusion-style UNet"
+               if architecture == "unet" and parameter_set != "context_embedder" else
+               "; see the README's table of parameter sets per architecture and choose another")
         )
     return names
 

@@ -74,7 +74,7 @@ class Probes:
                  target_mode: str | None = None, eta: float = 1.0, erase_from: str = ""):
         self.pairs, self.keep, self.conds = pairs, keep, conds
         anchors = cat_cond([conds[a] for _, a in pairs])
-        side = resolution // 8
+        side = resolution // denoiser.latent_downscale
         pool = build_pool("anchor_samples", denoiser, anchors, conds[""], per_pair * len(pairs),
                           (denoiser.latent_channels, side, side), PROBE_SAMPLE_STEPS, PROBE_GUIDANCE, generator)
         num_t = denoiser.alphas_cumprod.shape[0]
@@ -145,7 +145,8 @@ def measure(denoiser: Denoiser, erasure: Erasure, concepts: ConceptSet, resoluti
     """Prediction-space efficacy and preservation of ``erasure`` on ``denoiser`` (see module docstring); the
     progress towards the aim of the target mode the erasure was trained with, where its metadata names one."""
     config = erasure.metadata.get("config") or {}
-    injection = DeltaInjection(denoiser.net, erasure.names, lambda n: strength * erasure.delta(n))
+    injection = DeltaInjection(denoiser.net, erasure.names, lambda n: strength * erasure.delta(n),
+                               fp8_compute=denoiser.dtype)
 
     def predict(original: bool, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         x_t, t = x_t.to(denoiser.device, denoiser.dtype), t.to(denoiser.device)

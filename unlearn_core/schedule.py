@@ -1,4 +1,10 @@
-"""DDPM noise schedule helpers, timestep sampling and a DDIM sampler over :class:`Denoiser`."""
+"""Noise schedule helpers, timestep sampling and a DDIM sampler over :class:`Denoiser`.
+
+The engine works in variance-preserving (DDPM) coordinates, ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``.
+Any Gaussian path ``x = a x_0 + b eps`` is one of these after dividing by ``sqrt(a^2 + b^2)``, with the same
+signal-to-noise ratio ``abar / (1 - abar) = a^2 / b^2``; rectified flow (``a = 1 - s``, ``b = s``) is the case
+that flow-matching models (Flux, SD3) use, and :func:`flow_coordinates` converts between the two.
+"""
 
 from __future__ import annotations
 
@@ -33,12 +39,30 @@ def x0_eps_from_v(v: Tensor, x_t: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
     return a.sqrt() * x_t - (1 - a).sqrt() * v, (1 - a).sqrt() * x_t + a.sqrt() * v
 
 
+def flow_coordinates(abar: Tensor) -> tuple[Tensor, Tensor]:
+    """(s, scale) with s = sqrt(1 - abar) / (sqrt(abar) + sqrt(1 - abar)): x_flow = scale x_vp, scale = 1 / (sqrt(abar) + sqrt(1 - abar))."""
+    scale = 1 / (abar.sqrt() + (1 - abar).sqrt())
+    return (1 - abar).sqrt() * scale, scale
+
+
+def abar_from_flow_sigma(sigma: Tensor) -> Tensor:
+    """abar = (1 - s)^2 / ((1 - s)^2 + s^2): the DDPM schedule with the rectified-flow path's SNR at s."""
+    return (1 - sigma) ** 2 / ((1 - sigma) ** 2 + sigma**2)
+
+
+def x0_eps_from_flow(u: Tensor, x_t: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
+    """Velocity u = eps - x0 on x_flow = (1 - s) x0 + s eps: x0 = x_flow - s u, eps = x_flow + (1 - s) u (safe at s = 1)."""
+    s, scale = flow_coordinates(a)
+    x_flow = scale * x_t
+    return x_flow - s * u, x_flow + (1 - s) * u
+
+
 PARAMETRISATIONS: dict[str, Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]] = {
     "epsilon": x0_eps_from_epsilon,
     "v_prediction": x0_eps_from_v,
+    "flow": x0_eps_from_flow,
 }
-"""(x0, eps) from a network output per ``Denoiser.prediction_type``; a new parametrisation (e.g. a flow
-model's velocity, once its adapter states x_t in DDPM terms) adds its conversion here."""
+"""(x0, eps) from a network output per ``Denoiser.prediction_type``, with x_t in DDPM coordinates."""
 
 EPSILON_MIN_ABAR = 4e-3
 """An epsilon model's sampling starts at the last timestep with abar >= this (SD1.x ends at 4.7e-3): at
@@ -104,23 +128,30 @@ def ddim_sample(
 ) -> Trajectory:
     """Deterministic DDIM (eta = 0) with classifier-free guidance, one batched forward per step.
 
+    On a flow path this is Euler's method on the flow's ODE (the same update in DDPM coordinates).
+
     x0 is predicted in each parametrisation's safe form (see ``PARAMETRISATIONS``, ``sampling_start``) and
     clipped to ``denoiser.data_range`` where the model states one (pixel-space models; latents have none).
     """
     batch = next(iter(cond.values())).shape[0]
+    if denoiser.guidance_distilled:
+        guidance = 1.0  # the network takes its guidance as an input (encode_prompts): no second prediction
     abar_all = denoiser.alphas_cumprod
     start = sampling_start(abar_all, denoiser.prediction_type)
     ts = torch.linspace(start, 0, steps).round().long()
     x = torch.randn((batch, *latent_shape), generator=generator).to(denoiser.device, torch.float32)
-    both = cat_cond([cond, uncond])
+    both = cat_cond([cond, uncond]) if guidance != 1 else cond
     kept = []
     for i, t in enumerate(ts):
         if keep_trajectory:
             kept.append(x.detach().cpu())
         abar = abar_all[t].to(x.device)
-        t_batch = torch.full((2 * batch,), int(t), device=x.device)
-        out_c, out_u = denoiser(torch.cat([x, x]).to(denoiser.dtype), t_batch, both).float().chunk(2)
-        out = out_u + guidance * (out_c - out_u)  # every parametrisation is linear in the output
+        copies = 2 if guidance != 1 else 1
+        t_batch = torch.full((copies * batch,), int(t), device=x.device)
+        out = denoiser(x.repeat(copies, 1, 1, 1).to(denoiser.dtype), t_batch, both).float()
+        if copies == 2:
+            out_c, out_u = out.chunk(2)
+            out = out_u + guidance * (out_c - out_u)  # every parametrisation is linear in the output
         x0, eps = predict_x0_eps(out, x, abar.expand(batch), denoiser.prediction_type)
         if denoiser.data_range is not None:
             x0 = x0.clamp(*denoiser.data_range)

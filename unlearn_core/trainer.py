@@ -37,7 +37,8 @@ from .divergences import (
 )
 from .erasure import Erasure, fingerprint, new_metadata
 from .injection import DeltaInjection, checkpointed
-from .parameters import PARAMETER_SETS, WeightDeltas, select_parameters
+from .architectures import ARCHITECTURES, PARAMETER_SET_NAMES
+from .parameters import WeightDeltas, select_parameters
 from .report import Probes, encode_all
 from .samples import X_SOURCES, build_pool
 from .settings import setting
@@ -88,10 +89,13 @@ class EraseConfig:
                                   low=0.0, high=10.0, step=0.1)
     erase_from: str = setting("", "negative_guidance only: erase the target from this prompt (e.g. 'cowboy' to "
                                   "remove 'cowboy hat' from cowboys); empty = from the target itself.")
-    parameter_set: str = setting("cross_attn_kv", choices=lambda: list(PARAMETER_SETS), help=(
-        "cross_attn_kv: K/V of cross-attention (styles, objects); cross_attn: ESD-x; non_cross_attn: ESD-u (global "
-        "concepts such as nudity); attn; full."))
-    lora_rank: int = setting(0, "0 trains full weight updates; >0 trains a LoRA of this rank.", low=0, high=256)
+    parameter_set: str = setting("cross_attn_kv", choices=lambda: list(PARAMETER_SET_NAMES), help=(
+        "cross_attn_kv: K/V of cross-attention (styles, objects; on Flux/SD3 the text stream's attention projections); "
+        "cross_attn: ESD-x; non_cross_attn: ESD-u (global concepts such as nudity); attn; context_embedder: the "
+        "text-embedding input layer (Flux, SD3 only); full."))
+    lora_rank: int = setting(-1, "-1 = auto: full weight updates on SD1.x/SD2.x/SDXL UNets, a rank-16 LoRA on Flux "
+                                 "and SD3 (a full update of Flux's text-stream qkv is 540M numbers); 0 trains full "
+                                 "weight updates; >0 trains a LoRA of this rank.", low=-1, high=256)
     steps: int = setting(60, "Optimiser steps.", low=1, high=100000)
     learning_rate: float = setting(5e-4, "AdamW learning rate.", low=1e-8, high=1.0, step=1e-6, aliases=("--lr",))
     batch_size: int = setting(4, "Prompt pairs per step.", low=1, high=64)
@@ -251,7 +255,7 @@ class Eraser:
         return bank, keep
 
     def _latent_shape(self) -> tuple[int, int, int]:
-        side = self.config.resolution // 8
+        side = self.config.resolution // self.denoiser.latent_downscale
         return (self.denoiser.latent_channels, side, side)
 
     # ------------------------------------------------------------------ run
@@ -259,10 +263,12 @@ class Eraser:
     def run(self) -> Erasure:
         cfg = self.config
         started = time.monotonic()
-        names = select_parameters(self.denoiser.net, cfg.parameter_set)
+        names = select_parameters(self.denoiser.net, cfg.parameter_set, self.denoiser.architecture)
         params = dict(self.denoiser.net.named_parameters())
         originals = {n: params[n].detach() for n in names}
-        deltas = WeightDeltas(originals, rank=cfg.lora_rank, generator=self.generator).to(self.device)
+        auto_rank = ARCHITECTURES[self.denoiser.architecture].default_lora_rank
+        self.lora_rank = cfg.lora_rank if cfg.lora_rank >= 0 else auto_rank
+        deltas = WeightDeltas(originals, rank=self.lora_rank, generator=self.generator).to(self.device)
         self._abar = self.denoiser.alphas_cumprod.float().cpu()
         with torch.no_grad():
             self._bank, self._keep = self._encode()
@@ -271,7 +277,7 @@ class Eraser:
                                     self._latent_shape(), cfg.sample_steps, cfg.sample_guidance, self.generator,
                                     self.user_latents,
                                     on_step=lambda i, n: self.callback(StepInfo("sampling", i, n)))
-        self._injection = DeltaInjection(self.denoiser.net, names, deltas.delta_of)
+        self._injection = DeltaInjection(self.denoiser.net, names, deltas.delta_of, fp8_compute=self.dtype)
         checking = cfg.erase_until > 0 or cfg.max_keep_drift > 0
         with torch.no_grad():
             self._probes = self._make_probes() if checking else None
@@ -304,7 +310,7 @@ class Eraser:
         cfg = self.config
         optimizer = torch.optim.AdamW(deltas.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         scaler = self._grad_scaler()
-        t_weight = kl_timestep_weight(self._abar) if cfg.timestep_weight == "kl" else None
+        t_weight = kl_timestep_weight(self._abar, self.denoiser.prediction_type) if cfg.timestep_weight == "kl" else None
         critic = critic_opt = None
         if self.variational:
             critic = Critic(channels=self.denoiser.latent_channels).to(self.device)
@@ -438,7 +444,7 @@ class Eraser:
             prediction_type=self.denoiser.prediction_type,
             fingerprint=fingerprint(originals),
             concepts=self.concepts.to_dict(),
-            config=asdict(replace(self.config, sigma=self.sigma)),
+            config=asdict(replace(self.config, sigma=self.sigma, lora_rank=self.lora_rank)),
             sigma_auto=self.config.sigma == 0,
             seconds=round(seconds, 2),
             history=[[h.step, h.loss, h.mean_s, h.keep_s, h.grad_norm, h.moved, h.drift, h.progress]
