@@ -8,6 +8,9 @@
     python benchmarks/erasure_quality.py --domain patterns --mode defaults --concepts checks dots --out out/patterns
     python benchmarks/erasure_quality.py --domain patterns --mode defaults --concepts checks dots --x-source latents
     python benchmarks/erasure_quality.py --domain patterns --mode defaults --concepts checks dots --anchors
+    python benchmarks/erasure_quality.py --agreement --concepts circle red --eval-seeds 2  # probes vs classifier
+    python benchmarks/erasure_quality.py --domain patterns --agreement --concepts dots checks --set sigma=0 \
+        --set divergence=mse  # the same with other EraseConfig settings, at --agreement-steps 10 20 30 40 60
 
 Every run erases one concept (a shape towards "shape", or a colour towards no colour) from the demo
 model with one divergence, target mode, learning rate and seed, training the cross-attention K/V
@@ -41,6 +44,7 @@ target prompts instead of the engine's anchor samples.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import math
@@ -55,7 +59,6 @@ import torch
 from unlearn_core.concepts import parse_concept_text
 from unlearn_demo.domains import DOMAINS, Domain
 from unlearn_core.injection import DeltaInjection
-from unlearn_core.report import measure
 from unlearn_core.samples import build_pool
 from unlearn_core.trainer import EraseConfig, StepInfo, erase
 
@@ -273,27 +276,31 @@ def _plan(plan: dict, domain: Domain) -> dict:
 
 
 def report_agreement(domain: Domain, model: torch.nn.Module, concepts: tuple[str, ...],
-                     checkpoints: tuple[int, ...], eval_seeds: int) -> list[dict]:
-    """The Erasure Report beside the classifier: per concept, the untouched model and the default recipe
-    after each number of steps (mean "moved" over the pairs, largest keep drift, classifier efficacy)."""
+                     checkpoints: tuple[int, ...], eval_seeds: int, **settings) -> list[dict]:
+    """What erase_until reads beside the classifier: per concept, one erasure with the engine's defaults
+    (``settings`` override them) run to the last checkpoint; at each checkpoint the trainer's own probe
+    numbers (least "moved" onto the anchor and least progress towards the target mode's aim over the pairs,
+    largest keep drift) and the classifier's efficacy (% of target images no longer showing the concept)."""
     denoiser, rows = domain.make_denoiser(model), []
     for concept in concepts:
         probe = Probe(domain, model, denoiser, concept, eval_seeds)
         concept_set = parse_concept_text(domain.prompts(concept)[0])
-        for steps in checkpoints:
-            erasure = erase(denoiser, concept_set, EraseConfig(steps=steps, resolution=domain.resolution,
-                                                                 sample_steps=10, erase_until=0))
-            for strength in ((0.0, 1.0) if steps == checkpoints[0] else (1.0,)):  # strength 0: the untouched model
-                report = measure(denoiser, erasure, concept_set, resolution=domain.resolution, probes=4,
-                                 strength=strength)
-                with DeltaInjection(denoiser.net, erasure.names, lambda n: strength * erasure.delta(n)):
-                    efficacy = probe.score()["efficacy"]
-                rows.append({"concept": concept, "steps": steps if strength else 0, "efficacy": efficacy,
-                             "moved": 100 * float(np.mean([p["moved"] for p in report.pairs])),
-                             "moved_min": 100 * min(p["moved"] for p in report.pairs),
-                             "drift_max": 100 * max(k["drift"] for k in report.keep)})
-                print("| {concept} | {steps} | {efficacy:.0f} | {moved:.1f} (min {moved_min:.1f}) | "
-                      "{drift_max:.1f} |".format(**rows[-1]), flush=True)
+        config = EraseConfig(**{**dict(resolution=domain.resolution, sample_steps=10), **settings,
+                                "steps": max(checkpoints), "erase_until": 5.0, "check_every": math.gcd(*checkpoints)})
+
+        def callback(info: StepInfo) -> None:
+            if info.phase == "training" and info.step in checkpoints and math.isfinite(info.progress):
+                rows.append({"domain": domain.name, "concept": concept, "setting": label, "steps": info.step,
+                             **probe.score(), "moved": 100 * info.moved, "progress": 100 * info.progress,
+                             "drift": 100 * info.drift, "sigma": info.sigma, "seconds": time.time() - started})
+                print("| {domain} | {concept} | {setting} | {steps} | {efficacy:.0f} | {moved:.0f} | {progress:.0f} | "
+                      "{drift:.1f} | {in_domain:+.1f} | {kid_x1000:.0f} | {seconds:.0f} |".format(**rows[-1]), flush=True)
+
+        label = ", ".join([config.target_mode] + [f"{k} {v}" for k, v in settings.items() if k != "target_mode"])
+        print(f"| {domain.name} | {concept} | {label} | 0 | {100 - probe.reference['target_shows']:.0f} "
+              "| 0 | 0 | 0 | 0 | 0 | 0 |", flush=True)
+        started = time.time()
+        erase(denoiser, concept_set, config, callback=callback)
     return rows
 
 
@@ -519,6 +526,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="run nothing else: print how often each concept's anchor prompts show the concept")
     parser.add_argument("--agreement", action="store_true",
                         help="run nothing else: the Erasure Report's numbers beside the classifier's (README)")
+    parser.add_argument("--agreement-steps", type=int, nargs="+", default=[10, 20, 30, 40, 60], metavar="STEP",
+                        help="--agreement: the steps at which to read the probes and the classifier")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="--agreement: an EraseConfig setting instead of the default (repeatable), e.g. sigma=0")
+    parser.add_argument("--eval-seeds", type=int, default=4,
+                        help="--agreement: sampling seeds per target prompt for the classifier")
     parser.add_argument("--report", type=Path, metavar="RESULTS_JSON",
                         help="run nothing: rewrite table.md and the plots next to this results.json")
     parser.add_argument("--domain", choices=tuple(DOMAINS), default="shapes",
@@ -541,10 +554,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"(the model's own samples: std {spread['own_std']:.3g}, max |x| {spread['own_max']:.3g})")
         return 0
     if args.agreement:
-        print("| concept | steps | classifier efficacy % | report: moved % (lowest pair) | largest keep drift % |\n"
-              "| --- | --- | --- | --- | --- |")
-        concepts = ("circle", "red") if args.domain == "shapes" else plan["concepts"][:2]
-        report_agreement(domain, domain.load_model(), concepts, (20, 60), eval_seeds=2)
+        print("| domain | concept | settings | steps | classifier: target gone % | moved % (least pair) | "
+              "progress to the aim % (least pair) | largest keep drift % | in-domain Δ pts | KID×1000 | "
+              "seconds |\n" + "| --- " * 11 + "|")
+        concepts = args.concepts or (("circle", "red") if args.domain == "shapes" else plan["concepts"][:2])
+        fields = {f.name: f.type for f in dataclasses.fields(EraseConfig)}
+        settings = {k: {"float": float, "int": int}.get(fields[k], str)(v)
+                    for k, v in (item.split("=", 1) for item in args.set)}
+        report_agreement(domain, domain.load_model(), tuple(concepts), tuple(args.agreement_steps),
+                         eval_seeds=args.eval_seeds, **settings)
         return 0
     if args.report:
         written = write_report(json.loads(args.report.read_text()), args.report.parent)

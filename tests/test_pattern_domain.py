@@ -60,8 +60,8 @@ def test_classifier_reads_procedural_images_and_the_models_samples(model, clf):
     for i, name in enumerate(ATTRIBUTES):
         accuracy = np.mean([p == ATTRIBUTES[name][k] for p, k in zip(pred[name], labels[:, i].tolist())])
         assert accuracy >= 0.97, (name, accuracy)
-    # The shipped model is undertrained (1,200 steps): it draws the prompted scale, and dots and checks,
-    # but mostly waves for stripes and rings (README); the erasure tests use dots.
+    # The shipped model (1,200 steps; 3,000 did not do better, README) draws the prompted scale, and dots and
+    # checks, but mostly wave-like textures for stripes and rings; the erasure tests use dots.
     prompts = [(s, p) for p in PATTERNS for s in SCALES]
     pred = clf.predict(model.generate([f"{s} {p}" for s, p in prompts], seed=0))
     assert np.mean([got == s for got, (s, _) in zip(pred["scale"], prompts)]) >= 0.9
@@ -81,16 +81,16 @@ def _own_pattern(model, clf, prompts, seeds=3):
     return float(np.mean(hits))
 
 
-@pytest.mark.slow  # 44 s on 2 otherwise quiet cores (minutes when they are shared)
 def test_engine_defaults_erase_a_pattern_onto_the_superclass(model, clf):
+    """Quick (CI): the engine's defaults, 40 of their 60 steps, erase dots and keep the other patterns."""
     text, targets, keep = pattern_prompts("dots")
     targets = [t for t, _ in targets]
     before, kept_before = _shows(model, clf, targets, "dots"), _own_pattern(model, clf, keep)
     denoiser = PatternDenoiser(model)
-    erasure = erase(denoiser, parse_concept_text(text), EraseConfig(resolution=RESOLUTION, seed=0))
+    erasure = erase(denoiser, parse_concept_text(text), EraseConfig(resolution=RESOLUTION, seed=0, steps=40))
     with DeltaInjection(denoiser.net, erasure.names, erasure.delta):
         after, kept_after = _shows(model, clf, targets, "dots"), _own_pattern(model, clf, keep)
-    assert before >= 0.8 and after <= before - 0.35, (before, after)  # measured: 1.0 -> 0.5 (6 images); passes
+    assert before >= 0.8 and after <= before - 0.35, (before, after)
     assert kept_after >= kept_before - 0.1, (kept_before, kept_after)
 
 

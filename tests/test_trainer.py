@@ -216,9 +216,37 @@ def test_erase_until_stops_once_the_probes_have_moved_and_says_why(denoiser):
     last = erasure.metadata["history"][-1]
     assert [c.step for c in measured] == list(range(5, last[0] + 1, 5)) and last[0] < 200
     assert measured[-1].moved >= 0.3 > max(c.moved for c in measured[:-1])
-    assert erasure.metadata["stopped"] == f"erase_until 30% reached at step {last[0]} (moved {last[5]:.0%})"
+    assert [c.progress for c in measured] == [c.moved for c in measured]  # anchor mode aims at the anchor itself
+    assert erasure.metadata["stopped"] == (f"erase_until 30% reached at step {last[0]} (115% of the way to the "
+                                           f"anchor aim; moved {last[5]:.0%})".replace("115%", f"{last[7]:.0%}"))
     fresh = measure(denoiser, erasure, CONCEPTS, resolution=64, probes=4, seed=7)  # other probes agree
     assert fresh.pairs[0]["moved"] > 0.15, fresh.text()
+
+
+def test_erase_until_measures_progress_towards_each_target_modes_own_aim(denoiser):
+    """anchor_guidance aims at a + eta (a - c), i.e. 1 + eta times as far as the anchor: erase_until 0.3 there
+    means moved 0.3 (1 + eta), not 0.3; negative_guidance's aim is its own guided prediction."""
+    checks = []
+    config = EraseConfig(**{**QUICK, "erase_until": 0.3}, target_mode="anchor_guidance", guidance_eta=1.5,
+                         steps=200, learning_rate=3e-3, check_every=5)
+    erasure = erase(denoiser, CONCEPTS, config, callback=checks.append)
+    measured = [c for c in checks if math.isfinite(c.progress)]
+    assert all(c.progress == pytest.approx(c.moved / 2.5, rel=1e-4, abs=1e-6) for c in measured)
+    assert measured[-1].progress >= 0.3 > max(c.progress for c in measured[:-1])
+    assert erasure.metadata["stopped"].startswith("erase_until 30% reached") and "anchor_guidance aim" in \
+        erasure.metadata["stopped"]
+    report = measure(denoiser, erasure, CONCEPTS, resolution=64, probes=4, seed=7)  # the Erasure Report too
+    assert report.pairs[0]["progress"] == pytest.approx(report.pairs[0]["moved"] / 2.5, rel=1e-4)
+    assert "of the way to its target mode's aim" in report.text()
+
+    config = EraseConfig(**{**QUICK, "erase_until": 5.0}, target_mode="negative_guidance", steps=10,
+                         learning_rate=3e-3, check_every=5)
+    ng = []
+    erasure = erase(denoiser, CONCEPTS, config, callback=lambda c: ng.append(c) if math.isfinite(c.progress) else 0)
+    assert [c.step for c in ng] == [5, 10] and all(math.isfinite(c.progress) for c in ng)
+    assert ng[-1].progress != pytest.approx(ng[-1].moved)  # measured against its own aim, not the anchor
+    assert erasure.metadata["stopped"] == "ran all 10 steps ({:.0%} of the way to the negative_guidance aim)".format(
+        erasure.metadata["history"][-1][7])
 
 
 def test_keep_drift_limit_returns_the_best_state_seen(denoiser):

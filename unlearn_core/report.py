@@ -8,6 +8,13 @@ e = the erased model's prediction for the target, on the same probes:
     moved = <e - c, a - c> / |a - c|^2     0: unchanged; 1 (100 %): predicts like the anchor;
                                            above 1: past it (anchor_guidance aims at 1 + eta)
 
+and, when the target mode is given, how far the erased prediction went towards what that mode trains it
+on (g = the mode's frozen target on the same probes: the anchor's prediction for ``anchor``, a + eta (a - c)
+for ``anchor_guidance``, the negatively guided prediction for ``negative_guidance``):
+
+    progress = <e - c, g - c> / |g - c|^2   1 (100 %): the mode's own aim reached; = moved for ``anchor``,
+                                           moved / (1 + eta) for ``anchor_guidance``
+
 and for each keep prompt ``drift = S(erased(keep), original(keep)) / S(original(keep), original(target))``:
 the change of a kept prompt, relative to how different that prompt is from the erased target.
 """
@@ -27,6 +34,7 @@ from .erasure import Erasure
 from .injection import DeltaInjection
 from .samples import build_pool
 from .schedule import add_noise
+from .targets import TARGET_MODES, PromptBank
 
 Predict = Callable[[bool, Tensor, Tensor, Conditioning], Tensor]
 """(original?, x_t, t, conditioning) -> the network output, of the original model or of the erased one."""
@@ -38,14 +46,15 @@ PROBE_GUIDANCE = 6.0
 
 @dataclass
 class ErasureReport:
-    pairs: list[dict] = field(default_factory=list)  # {target, anchor, before, after, moved}
+    pairs: list[dict] = field(default_factory=list)  # {target, anchor, before, after, moved[, progress]}
     keep: list[dict] = field(default_factory=list)  # {prompt, drift, absolute}
 
     def text(self) -> str:
         lines = ["Erasure report (prediction space; moved 100% = the target now predicts like its anchor; "
                  "anchor_guidance aims past it)"]
         for p in self.pairs:
-            lines.append(f"  {p['target']!r} -> {p['anchor']!r}: moved {100 * p['moved']:.1f}% "
+            aim = f", {100 * p['progress']:.1f}% of the way to its target mode's aim" if "progress" in p else ""
+            lines.append(f"  {p['target']!r} -> {p['anchor']!r}: moved {100 * p['moved']:.1f}%{aim} "
                          f"(S to the anchor {p['before']:.3g} -> {p['after']:.3g})")
         for k in self.keep:
             lines.append(f"  keep {k['prompt']!r}: drift {100 * k['drift']:.1f}% (S {k['absolute']:.3g})")
@@ -55,11 +64,14 @@ class ErasureReport:
 class Probes:
     """Fixed probes (see the module docstring) with the original model's predictions on them.
 
-    Build it while ``denoiser`` computes the original model (its samples are the probes).
+    Build it while ``denoiser`` computes the original model (its samples are the probes). With
+    ``target_mode`` (and its ``eta`` and ``erase_from``) it also measures each pair's progress towards
+    that mode's aim (module docstring).
     """
 
     def __init__(self, denoiser: Denoiser, predict: Predict, pairs: list[tuple[str, str]], keep: list[str],
-                 conds: dict[str, Conditioning], per_pair: int, resolution: int, generator: torch.Generator):
+                 conds: dict[str, Conditioning], per_pair: int, resolution: int, generator: torch.Generator,
+                 target_mode: str | None = None, eta: float = 1.0, erase_from: str = ""):
         self.pairs, self.keep, self.conds = pairs, keep, conds
         anchors = cat_cond([conds[a] for _, a in pairs])
         side = resolution // denoiser.latent_downscale
@@ -74,6 +86,20 @@ class Probes:
         self.target = self._run(predict, True, [t for t, _ in pairs])
         self.anchor = self._run(predict, True, [a for _, a in pairs])
         self.keep_original = {k: predict(True, self.x_t, self.t, self._rows(k)) for k in keep}
+        self.aim = None if target_mode is None else self._aim(denoiser, predict, target_mode, eta, erase_from,
+                                                              resolution)
+
+    def _aim(self, denoiser: Denoiser, predict: Predict, target_mode: str, eta: float, erase_from: str,
+             resolution: int) -> Tensor:
+        """The original model's training target of ``target_mode`` on each probe (what the erasure pulls towards)."""
+        mode = TARGET_MODES[target_mode]
+        rows = [self.conds[p] if p in self.conds else denoiser.encode_prompts([p], (resolution,) * 2)
+                for p in [erase_from or t for t, _ in self.pairs]]
+        bank = PromptBank(target=cat_cond([self.conds[t] for t, _ in self.pairs]),
+                          anchor=cat_cond([self.conds[a] for _, a in self.pairs]), erase_from=cat_cond(rows),
+                          uncond=cat_cond([self.conds[""]] * len(self.pairs)))
+        terms = [predict(True, self.x_t, self.t, index_cond(c, self.pair)) for c in mode.frozen_terms(bank)]
+        return mode.combine(terms, eta)
 
     def _rows(self, prompt: str) -> Conditioning:
         return index_cond(self.conds[prompt], torch.zeros(len(self.t), dtype=torch.long))
@@ -89,16 +115,22 @@ class Probes:
         for i, (target, anchor) in enumerate(self.pairs):
             rows = self.pair == i
             c, a, e = self.target[rows], self.anchor[rows], erased[rows]
-            span = (a - c).square().sum()
             report.pairs.append(dict(target=target, anchor=anchor, before=squared_error(c, a).mean().item(),
-                                     after=squared_error(e, a).mean().item(),
-                                     moved=((e - c) * (a - c)).sum().item() / span.item() if span > 0 else 0.0))
+                                     after=squared_error(e, a).mean().item(), moved=_projection(c, a, e)))
+            if self.aim is not None:
+                report.pairs[-1]["progress"] = _projection(c, self.aim[rows], e)
         for prompt in self.keep:
             orig = self.keep_original[prompt]
             absolute = squared_error(predict(False, self.x_t, self.t, self._rows(prompt)), orig).mean().item()
             scale = squared_error(orig, self.target).mean().item()
             report.keep.append(dict(prompt=prompt, absolute=absolute, drift=absolute / scale if scale > 0 else 0.0))
         return report
+
+
+def _projection(start: Tensor, aim: Tensor, now: Tensor) -> float:
+    """<now - start, aim - start> / |aim - start|^2: 0 at the start, 1 at the aim (0 when they coincide)."""
+    span = (aim - start).square().sum()
+    return ((now - start) * (aim - start)).sum().item() / span.item() if span > 0 else 0.0
 
 
 def encode_all(denoiser: Denoiser, concepts: ConceptSet, resolution: int) -> dict[str, Conditioning]:
@@ -110,7 +142,9 @@ def encode_all(denoiser: Denoiser, concepts: ConceptSet, resolution: int) -> dic
 @torch.no_grad()
 def measure(denoiser: Denoiser, erasure: Erasure, concepts: ConceptSet, resolution: int = 512,
             probes: int = 4, seed: int = 0, strength: float = 1.0) -> ErasureReport:
-    """Prediction-space efficacy and preservation of ``erasure`` on ``denoiser`` (see module docstring)."""
+    """Prediction-space efficacy and preservation of ``erasure`` on ``denoiser`` (see module docstring); the
+    progress towards the aim of the target mode the erasure was trained with, where its metadata names one."""
+    config = erasure.metadata.get("config") or {}
     injection = DeltaInjection(denoiser.net, erasure.names, lambda n: strength * erasure.delta(n),
                                fp8_compute=denoiser.dtype)
 
@@ -123,6 +157,8 @@ def measure(denoiser: Denoiser, erasure: Erasure, concepts: ConceptSet, resoluti
 
     probe_set = Probes(denoiser, predict, concepts.prompt_pairs(), list(concepts.keep),
                        encode_all(denoiser, concepts, resolution), probes, resolution,
-                       torch.Generator().manual_seed(seed))  # built on the original network: no deltas yet
+                       torch.Generator().manual_seed(seed),  # built on the original network: no deltas yet
+                       target_mode=config.get("target_mode") if config.get("target_mode") in TARGET_MODES else None,
+                       eta=float(config.get("guidance_eta", 1.0)), erase_from=config.get("erase_from") or "")
     with injection:
         return probe_set.measure(predict)
