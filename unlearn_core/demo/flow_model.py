@@ -3,11 +3,11 @@
 Flux's structure at toy size, written here in plain torch (no code from any host): the demo's 4×8×8
 latents are cut into 2×2 patches (16 image tokens, ``img_in``); the demo's word rows (frozen) are the
 text tokens (``txt_in``); a vector ``vec`` = ``time_in`` (sinusoidal embedding of s) + ``vector_in``
-(pooled text) drives adaLN modulation; ``double_blocks`` keep separate image and text weights
+(the pooled text vector) drives adaLN modulation; ``double_blocks`` keep separate image and text weights
 (``img_mod``/``txt_mod``, ``img_attn.qkv``/``txt_attn.qkv``, ``img_attn.proj``/``txt_attn.proj``,
 ``img_mlp``/``txt_mlp``) around one joint attention over both token sets; ``single_blocks`` run one
 stream (``linear1`` fused qkv + MLP in, ``linear2`` out, ``modulation``); ``final_layer`` maps back to
-patches. A learned position embedding replaces Flux's RoPE. The tensor names are Flux's, so the
+patches. A learned position embedding (``pe_embedder``) replaces Flux's RoPE. The tensor names are Flux's, so the
 engine's ``architectures.architecture_of`` reads "flux" and its parameter sets select the text stream.
 
 The network predicts the velocity u = eps - x0 at x_s = (1 - s) x0 + s eps (rectified flow); its
@@ -155,7 +155,8 @@ class FlowTransformer(nn.Module):
                            latent_channels=latent_channels, latent_size=latent_size)
         patch_dim = latent_channels * PATCH * PATCH
         self.img_in = nn.Linear(patch_dim, hidden)
-        self.img_pos = nn.Parameter(0.02 * torch.randn(1, (latent_size // PATCH) ** 2, hidden))
+        self.pe_embedder = nn.Embedding((latent_size // PATCH) ** 2, hidden)  # learned, where Flux has RoPE
+        nn.init.normal_(self.pe_embedder.weight, std=0.02)
         self.time_in = MLPEmbedder(256, hidden)
         self.vector_in = MLPEmbedder(TEXT_WIDTH, hidden)
         self.txt_in = nn.Linear(TEXT_WIDTH, hidden)
@@ -168,7 +169,7 @@ class FlowTransformer(nn.Module):
     def forward(self, x: Tensor, s: Tensor, context: Tensor, y: Tensor) -> Tensor:
         b, c, h, w = x.shape
         patches = F.pixel_unshuffle(x, PATCH).flatten(2).transpose(1, 2)  # [B, hw/4, 4C]
-        img = self.img_in(patches) + self.img_pos
+        img = self.img_in(patches) + self.pe_embedder.weight
         vec = self.time_in(timestep_embedding(s).to(x.dtype)) + self.vector_in(y)
         txt = self.txt_in(context)
         for block in self.double_blocks:
@@ -206,9 +207,13 @@ class FlowDemoModel(nn.Module):
         return cls(transformer, DemoModel.load(demo_folder)).eval()
 
     def text(self, prompts: list[str]) -> Conditioning:
-        """The text tokens [B, CONTEXT_TOKENS, 768] and their mean as the pooled vector y [B, 768]."""
+        """The text tokens [B, CONTEXT_TOKENS, 768] and the pooled vector y [B, 768]: the end token's state, as
+        CLIP pools. The demo's text encoder has identity layers, so y is the same for every prompt and the
+        prompt reaches the image only through the text stream, as in Flux where T5's tokens carry it. (A
+        first version pooled the mean of the rows: the network read the shape from y alone, out of reach
+        of the text-stream parameter sets, and erasure there changed nothing.)"""
         context = self.words(prompts)[:, :CONTEXT_TOKENS]
-        return {"context": context, "y": context.mean(dim=1)}
+        return {"context": context, "y": context[:, -1]}
 
     def encode(self, images: Tensor) -> Tensor:
         return self.demo.encode(images)

@@ -8,7 +8,7 @@ x_s = (1 - s) x0 + s eps, s logit-normal (SD3's), on latents of a fixed set of p
 Captions as the demo's (2/22 of them empty), plus 10 % dropped to the empty prompt for guidance;
 EMA weights. Then the demo's classifier reads samples (the engine's DDIM = Euler, 20 steps) and
 ``training.json`` records the times, the loss and how often samples show the prompted shape and colour.
-``--time-only N`` measures N steps and exits.
+``--time-only N`` measures N steps and exits; ``--init FOLDER`` continues a trained transformer.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=FLOW_WEIGHTS)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
-    parser.add_argument("--steps", type=int, default=4500)
+    parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     parser.add_argument("--dataset", type=int, default=8192)
@@ -75,16 +75,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--depth-single", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init", type=Path, default=None,
+                        help="continue from the transformer in this folder (its training.json is kept as 'init')")
     parser.add_argument("--time-only", type=int, default=0, help="time this many steps and exit")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    log = {"args": {k: str(v) for k, v in vars(args).items() if k != "out"}, "torch": torch.__version__,
+    log = {"args": {k: str(v) for k, v in vars(args).items() if k not in ("out", "init")}, "torch": torch.__version__,
            "seconds": {}}
     demo = DemoModel.load()
     model = FlowDemoModel(FlowTransformer(args.hidden, depth=args.depth, depth_single=args.depth_single), demo)
+    if args.init:
+        model.transformer = FlowDemoModel.load(args.init).transformer
+        log["init"] = json.loads((args.init / "training.json").read_text())
     log["parameters"] = sum(p.numel() for p in model.transformer.parameters())
 
     start = time.time()
