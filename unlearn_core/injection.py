@@ -41,7 +41,7 @@ class DeltaInjection:
                 module = self.net.get_submodule(owner)
                 for attr in attrs:
                     param = module._parameters.pop(attr)
-                    self._saved[f"{owner}.{attr}"] = (module, attr, param)
+                    self._saved[_joined(owner, attr)] = (module, attr, param)
                     object.__setattr__(module, attr, param.detach())  # readable before the first forward
                 self._hooks.append(module.register_forward_pre_hook(self._hook(owner, attrs)))
         except BaseException:
@@ -52,11 +52,11 @@ class DeltaInjection:
     def _hook(self, owner: str, attrs: list[str]):
         def set_weights(module: nn.Module, args) -> None:
             for attr in attrs:
-                _, _, original = self._saved[f"{owner}.{attr}"]
+                _, _, original = self._saved[_joined(owner, attr)]
                 value = original.detach()
                 if self.use_deltas:
                     dtype = original.dtype if original.element_size() > 1 else self.fp8_compute
-                    value = value.to(dtype) + self.delta(f"{owner}.{attr}").to(dtype)
+                    value = value.to(dtype) + self.delta(_joined(owner, attr)).to(dtype)
                 object.__setattr__(module, attr, value)
         return set_weights
 
@@ -76,6 +76,11 @@ class DeltaInjection:
             yield
         finally:
             self.use_deltas = True
+
+
+def _joined(owner: str, attr: str) -> str:
+    """The parameter's name in the network (a tensor of the root module has no owner path)."""
+    return f"{owner}.{attr}" if owner else attr
 
 
 def _on_copies(forward: Callable) -> Callable:

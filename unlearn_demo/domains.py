@@ -3,6 +3,8 @@
 ``DOMAINS["shapes"]`` is the demo model (coloured shapes, SD1.5 schedule, TAESD-style latents);
 ``DOMAINS["patterns"]`` the second domain (grey patterns, cosine schedule, pixel space). Each names its
 two scored attributes, its concepts, its model, engine adapter, classifier and erasure prompts.
+``DOMAINS["flow"]`` is the shapes domain drawn by the flow demo model (a small rectified-flow transformer
+in Flux's layout), read by the demo's classifier.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch import Tensor, nn
 from unlearn_core.denoiser import Denoiser
 
 from .classifier import AttributeClassifier
+from .flow_model import FlowDemoDenoiser, FlowDemoModel
 from .model import WEIGHTS, DemoDenoiser, DemoModel, load_classifier
 from .pattern_model import PATTERN_WEIGHTS, RESOLUTION, PatternDenoiser, PatternModel, pattern_prompts
 from .patterns import PATTERNS, SCALES
@@ -27,7 +30,7 @@ class Domain:
     name: str
     attributes: dict[str, tuple[str, ...]]  # the two scored attributes; concepts are values of either
     resolution: int  # the engine's resolution for the model's latents
-    weights: Path
+    weights: Path  # the folder of the domain's classifier
     load_model: Callable[[], nn.Module]
     make_denoiser: Callable[[nn.Module], Denoiser]
     prompts: Callable[[str], tuple[str, list[tuple[str, str]], list[str]]]  # concept -> (text, targets, keep)
@@ -65,4 +68,6 @@ DOMAINS = {
     "patterns": Domain("patterns", {"pattern": PATTERNS, "scale": SCALES}, RESOLUTION, PATTERN_WEIGHTS,
                        PatternModel.load, PatternDenoiser, pattern_prompts,
                        lambda model, prompts, seed: model.sample_latents(prompts, seed=seed)),
+    "flow": Domain("flow", {"shape": SHAPES, "color": COLORS}, 64, WEIGHTS, FlowDemoModel.load, FlowDemoDenoiser,
+                   _shape_prompts, lambda model, prompts, seed: model.sample_latents(prompts, seed=seed)),
 }
