@@ -7,6 +7,7 @@ current host given by COMFYUI_PATH; the bundled 2024 host predates them and skip
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import pytest
@@ -15,7 +16,7 @@ import torch
 from test_sampler import SHAPE, AnalyticDenoiser, pool_of
 from unlearn_core.architectures import ARCHITECTURES, architecture_of
 from unlearn_core.divergences import kl_timestep_weight
-from unlearn_core.erasure import Erasure, ErasureError, export_prefix
+from unlearn_core.erasure import Erasure, ErasureError, export_prefix, fingerprint
 from unlearn_core.export import diffusers_modules, to_diffusers_lora
 from unlearn_core.parameters import select_parameters
 from unlearn_core.schedule import abar_from_flow_sigma, flow_coordinates, predict_x0_eps
@@ -79,6 +80,18 @@ def test_sampler_on_a_flow_schedule_draws_the_data():
     assert pool.shape == (16, *SHAPE) and torch.isfinite(pool).all()
     nearest = (pool[:, None] - denoiser.images[None]).flatten(2).abs().amax(-1).min(1).values
     assert nearest.max() < 0.1, f"samples {nearest.tolist()} away from every data image"
+
+
+def test_fingerprint_reads_tensors_as_large_as_flux_dev_qkv_and_keeps_small_ones_unchanged():
+    """Flux-dev's text qkv has 9216 x 3072 = 28.3M values: past 2^24, float32 sample positions ran off its end."""
+    big = torch.zeros(9216, 3072, dtype=torch.float16)
+    assert len(fingerprint({"qkv": big})) == 16
+    small = torch.randn(320, 768, generator=torch.Generator().manual_seed(0))
+    flat = small.reshape(-1)
+    idx = torch.linspace(0, flat.numel() - 1, 1024).long()  # the positions files saved before this fix used
+    digest = hashlib.sha256(str(tuple(small.shape)).encode())
+    digest.update(flat[idx].to(torch.float16).numpy().tobytes())
+    assert fingerprint({"w": small}) == hashlib.sha256(digest.digest()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- diffusers' loaders
