@@ -18,7 +18,10 @@ def skip(folder, names):
     return set(common(folder, names)) | other_tokenizers
 os.environ.pop("COMFYUI_PATH", None)
 shutil.copytree(host_source(), ".device/hosts/comfyui-2024", ignore=skip)
-shutil.copytree(os.environ.get("CURRENT_COMFYUI", "/work/comfyui-current"), ".device/hosts/comfyui-current", ignore=skip)
+current = os.environ.get("CURRENT_COMFYUI")
+if not current:
+    raise SystemExit("set CURRENT_COMFYUI to a checkout of the current ComfyUI (the second host to benchmark)")
+shutil.copytree(current, ".device/hosts/comfyui-current", ignore=skip)
 PY
 # what the two hosts import and the GPU machine's image does not hold (its package list: KINDS.md)
 python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

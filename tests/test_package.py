@@ -67,7 +67,7 @@ def test_start_up_check_names_only_this_pack_failing_to_import():
 
     # The current ComfyUI logs its own optional modules failing (no torchaudio here); the demo job's
     # temporary folder is called divergence-unlearn-demo-*, which must not count as this pack.
-    root = "/home/user/divergence-unlearn-demo-x1/ComfyUI"
+    root = "/srv/comfy/divergence-unlearn-demo-x1/ComfyUI"
     other = (f"Cannot import {root}/comfy_extras/nodes_audio.py module for custom nodes: No module named 'torchaudio'\n"
              f"   0.0 seconds (IMPORT FAILED): {root}/custom_nodes/some-other-pack\n")
     ours = f"   0.1 seconds (IMPORT FAILED): {root}/custom_nodes/divergence-unlearn\n"
