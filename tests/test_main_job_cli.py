@@ -139,6 +139,7 @@ def test_progress_prints_phases_prompts_steps_loss_and_seconds_left():
     events = [(0, "executing", {"node": "before0"}), (4, "progress", {"node": "before0", "value": 15, "max": 15}),
               (4, "executing", {"node": "before1"}), (8, "progress", {"node": "before1", "value": 15, "max": 15}),
               (8, "executing", {"node": "unlearn"}), (9, "progress", {"node": "unlearn", "value": 10, "max": 10}),
+              (9, "progress", {"node": "unlearn", "value": 60, "max": 60}),  # training's bar, read before its log
               (10, "log", {"line": "[Divergence Unlearn] step 1/60 loss -0.99 S 0.01 |grad| 1"}),
               (20, "log", {"line": "[Divergence Unlearn] step 11/60 loss -0.98 S 0.01 |grad| 1"}),
               (21, "log", {"line": "noise from another node"})]
@@ -150,6 +151,7 @@ def test_progress_prints_phases_prompts_steps_loss_and_seconds_left():
     assert "before images: prompt 1/2 drawn (15 sampler steps), ~4 s left" in text
     assert "before images: prompt 2/2 drawn (15 sampler steps), ~0 s left" in text
     assert "[demo] erasure: started" in text and "anchor images drawn (10 sampler steps)" in text
+    assert "(60 sampler steps)" not in text  # the training bar is not a second pool
     assert "erasure: step 11/60, loss -0.98, ~49 s left" in text and "noise" not in text
     assert phase_of("after3_decode") == "after images" and phase_of("negative") is None
     assert seconds_left(10.0, 2, 6) == 20.0

@@ -66,7 +66,8 @@ class JobProgress:
             elapsed = self.clock() - self.started[phase]
             self.say(f"{phase}: prompt {done}/{self.prompts} drawn ({steps} sampler steps)"
                      f"{_left(seconds_left(elapsed, done, self.prompts))}")
-        elif phase == "erasure" and self.training_from is None:
+        elif phase == "erasure" and self.training_from is None and "anchor images" not in self.done:
+            self.done["anchor images"] = 1  # the node's first bar; the next one is training's, whose steps the log gives
             self.say(f"erasure: anchor images drawn ({steps} sampler steps); training")
 
     def _training_step(self, step: int, total: int, loss: str) -> None:
