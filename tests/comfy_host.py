@@ -7,7 +7,7 @@ import re
 import sys
 from pathlib import Path
 
-from unlearn_demo.headless import PACK_DIR_NAME, ComfyServer, host_label, prepare_host
+from unlearn_demo.headless import DEMO_NODES_DIR_NAME, PACK_DIR_NAME, ComfyServer, host_label, prepare_host
 
 __all__ = ["ComfyServer", "host_label", "load_inprocess", "prepare_host", "report_numbers"]
 
@@ -18,7 +18,7 @@ __all__ = ["ComfyServer", "host_label", "load_inprocess", "prepare_host", "repor
 def load_inprocess(root: Path, cpu: bool = True):
     """Import the host's modules from ``root`` and load this pack through ComfyUI's own loader.
 
-    Returns ComfyUI's ``nodes`` module; the pack's nodes are in ``nodes.NODE_CLASS_MAPPINGS``.
+    Returns ComfyUI's ``nodes`` module; the pack's nodes (and the demo's own) are in ``nodes.NODE_CLASS_MAPPINGS``.
     ``cpu=False`` lets the host use its GPU, as ComfyUI started without ``--cpu`` does.
     """
     sys.path.insert(0, str(root))
@@ -28,11 +28,12 @@ def load_inprocess(root: Path, cpu: bool = True):
     import comfy.model_management  # noqa: F401  (reads args.cpu at import)
     import nodes
 
-    loaded = nodes.load_custom_node(str(root / "custom_nodes" / PACK_DIR_NAME))
-    if asyncio.iscoroutine(loaded):
-        loaded = asyncio.run(loaded)
-    if loaded is False:
-        raise RuntimeError("ComfyUI failed to import the pack (see the traceback above)")
+    for folder in (PACK_DIR_NAME, DEMO_NODES_DIR_NAME):  # the server loads both at start-up
+        loaded = nodes.load_custom_node(str(root / "custom_nodes" / folder))
+        if asyncio.iscoroutine(loaded):
+            loaded = asyncio.run(loaded)
+        if loaded is False:
+            raise RuntimeError(f"ComfyUI failed to import {folder} (see the traceback above)")
     return nodes
 
 

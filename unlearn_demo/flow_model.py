@@ -13,8 +13,8 @@ engine's ``architectures.architecture_of`` reads "flux" and its parameter sets s
 The network predicts the velocity u = eps - x0 at x_s = (1 - s) x0 + s eps (rectified flow); its
 schedule is ComfyUI's ModelSamplingFlux grid s_k = (k + 1)/T without shift, which the engine sees as the
 DDPM schedule with the same signal-to-noise ratio. Shipped in ``unlearn_demo/weights_flow``
-(``python -m unlearn_demo.train_flow``). Not a ComfyUI checkpoint: ComfyUI's Flux detection fixes
-the width at 3072.
+(``python -m unlearn_demo.train_flow``). Not a ComfyUI checkpoint (ComfyUI's Flux detection fixes the
+width at 3072): the demo's ComfyUI node ``unlearn_demo.host_nodes`` builds ComfyUI's own Flux model around it.
 """
 
 from __future__ import annotations
@@ -181,6 +181,38 @@ class FlowTransformer(nn.Module):
         return F.pixel_shuffle(out.transpose(1, 2).reshape(b, -1, h // PATCH, w // PATCH), PATCH)
 
 
+class HostFlowTransformer(FlowTransformer):
+    """The flow transformer called the way ComfyUI's Flux model base calls its network (``host_nodes`` builds it).
+
+    ComfyUI hands over the latents in flow coordinates, s itself as the timestep (ModelSamplingFlux) and its CLIP's
+    77 rows as context; the network reads the first CONTEXT_TOKENS rows, as :meth:`FlowDemoModel.text` gives them,
+    and pools y from them the same way. The host's own arguments (operations, guidance, ...) are not used.
+    """
+
+    patch_size = PATCH  # read by ComfyUI's Flux.concat_cond
+
+    def __init__(self, in_channels: int = 4, out_channels: int = 4, device=None, dtype=None, operations=None,
+                 **config):
+        super().__init__(**config)
+        self.dtype = dtype or torch.float32  # ComfyUI's networks state the dtype they compute in
+        self.in_channels, self.out_channels = in_channels, out_channels
+
+    def forward(self, x: Tensor, timestep: Tensor, context: Tensor, y: Tensor | None = None, **host_args) -> Tensor:
+        context = context[:, :CONTEXT_TOKENS]
+        return super().forward(x, timestep, context, context[:, -1])
+
+
+def load_transformer(folder: Path = FLOW_WEIGHTS, cls: type[FlowTransformer] = FlowTransformer) -> FlowTransformer:
+    """The trained transformer in ``folder`` as an instance of ``cls``."""
+    path = folder / "transformer.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} missing: train it with `python -m unlearn_demo.train_flow`")
+    state, meta = _load(path)
+    transformer = cls(**meta)
+    transformer.load_state_dict(state)
+    return transformer.eval()
+
+
 class FlowDemoModel(nn.Module):
     """Prompt -> flow transformer -> 64x64 image; the demo's word rows and autoencoder, frozen, around it."""
 
@@ -198,13 +230,7 @@ class FlowDemoModel(nn.Module):
 
     @classmethod
     def load(cls, folder: Path = FLOW_WEIGHTS, demo_folder: Path = WEIGHTS) -> "FlowDemoModel":
-        path = folder / "transformer.safetensors"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} missing: train it with `python -m unlearn_demo.train_flow`")
-        state, meta = _load(path)
-        transformer = FlowTransformer(**meta)
-        transformer.load_state_dict(state)
-        return cls(transformer, DemoModel.load(demo_folder)).eval()
+        return cls(load_transformer(folder), DemoModel.load(demo_folder)).eval()
 
     def text(self, prompts: list[str]) -> Conditioning:
         """The text tokens [B, CONTEXT_TOKENS, 768] and the pooled vector y [B, 768]: the end token's state, as

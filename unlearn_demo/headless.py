@@ -35,6 +35,8 @@ PACK_ENTRIES = ("__init__.py", "nodes", "web", "workflows", "unlearn_core")
 # root __init__.py, nodes/, web/ and workflows/ as this package's ``node_pack``; the engine is the installed
 # unlearn_core.
 SHIPPED_PACK = Path(__file__).resolve().parent / "node_pack"
+DEMO_NODES = Path(__file__).resolve().parent / "host_nodes"  # the demo's own node (Load Flow Demo Model)
+DEMO_NODES_DIR_NAME = "unlearn-demo-nodes"
 
 
 class PackNotFound(RuntimeError):
@@ -111,6 +113,12 @@ def host_source() -> Path:
     return Path(spec.submodule_search_locations[0]) / "_comfyui"
 
 
+def host_has_flux() -> bool:
+    """Whether the host ComfyUI has Flux's model class (ComfyUI from August 2024; the bundled copy has not)."""
+    model_base = host_source() / "comfy" / "model_base.py"
+    return model_base.is_file() and "\nclass Flux(" in model_base.read_text(encoding="utf-8")
+
+
 # What the bundled 2024 ComfyUI imports beyond this pack's own dependencies: the `comfy` extra in pyproject.toml
 # (found by running the main job in a fresh environment with only the pack installed).
 BUNDLED_HOST_REQUIREMENTS = ("aiohttp", "kornia", "psutil", "scipy", "torchsde", "tqdm")
@@ -148,7 +156,8 @@ def host_label() -> str:
 
 
 def prepare_host(dest: Path) -> Path:
-    """Copy the host into ``dest`` with this pack linked into custom_nodes; return the copy's root."""
+    """Copy the host into ``dest`` with this pack and the demo's own node (:mod:`unlearn_demo.host_nodes`) linked
+    into custom_nodes; return the copy's root."""
     parts = pack_parts()  # before the copy: a missing pack fails at once
     root = dest / "ComfyUI"
     shutil.copytree(
@@ -159,6 +168,7 @@ def prepare_host(dest: Path) -> Path:
     )
     (root / "custom_nodes").mkdir(exist_ok=True)
     link_pack(root / "custom_nodes", parts)
+    os.symlink(DEMO_NODES, root / "custom_nodes" / DEMO_NODES_DIR_NAME, target_is_directory=True)
     for sub in ("checkpoints", "loras", "vae", "vae_approx", "clip"):
         (root / "models" / sub).mkdir(parents=True, exist_ok=True)
     return root
@@ -253,7 +263,10 @@ class ComfyServer:
     def start(self, timeout: float = 180.0) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         cmd = server_command(self.port, self.output_dir, self.cpu)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # the demo's node (host_nodes) imports unlearn_demo: the server finds it where this process found it
+        here = str(Path(__file__).resolve().parents[1])
+        env = dict(os.environ, PYTHONUNBUFFERED="1",
+                   PYTHONPATH=os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p))
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(cmd, cwd=self.root, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout

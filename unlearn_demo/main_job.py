@@ -12,6 +12,11 @@ back through ComfyUI's SaveImage; the shipped attribute classifier reads them. I
 - ``report.md`` and ``report.json``: how often the classifier sees each prompt's shape and colour,
   before and after, and the Erasure Report's prediction-space numbers.
 
+With ``--family flux`` the same graph runs on the flow demo (a small rectified-flow transformer in Flux's
+layout, :mod:`unlearn_demo.flow_model`), which the demo's own node Load Flow Demo Model gives as a ComfyUI Flux
+MODEL; CLIP and VAE still come from the demo checkpoint, and the images are drawn with Euler (flow matching's
+sampler). It needs a ComfyUI with Flux (COMFYUI_PATH; the bundled 2024 host predates Flux).
+
 With ``--ckpt`` (your own SD1.x/SDXL checkpoint) and ``--prompt``/``--keep`` it runs the same graph
 on that model; the report then has the images and the prediction-space numbers, no classifier.
 Every option is checked before ComfyUI starts; while ComfyUI works, the job prints each phase
@@ -44,8 +49,8 @@ from unlearn_core.targets import TARGET_MODES
 from unlearn_core.trainer import EraseConfig, divergence_names
 
 from .assemble import CHECKPOINT_NAME, write_checkpoint
-from .headless import (ComfyError, ComfyServer, MissingRequirements, check_host_requirements, host_label,
-                       prepare_host, use_cpu)
+from .headless import (ComfyError, ComfyServer, MissingRequirements, check_host_requirements, host_has_flux,
+                       host_label, prepare_host, use_cpu)
 from .progress import JobProgress
 from .shapes import BACKGROUNDS, COLORS, SHAPES
 
@@ -71,6 +76,7 @@ class JobOptions:
     keep: list[str] = field(default_factory=list)
     resolution: int = 64
     cpu: bool = False  # run ComfyUI on the CPU even when there is a GPU
+    family: str = "sd"  # the demo model: "sd" (SD1.5-layout UNet) or "flux" (Flux-layout flow transformer)
 
     @property
     def demo(self) -> bool:
@@ -103,6 +109,8 @@ _ERASE_FLAGS = {"steps": "--steps", "learning_rate": "--lr", "alpha": "--alpha",
 RANGES = {s.field: (_ERASE_FLAGS[s.field], s.low, s.high) for s in declared(EraseConfig) if s.field in _ERASE_FLAGS}
 RANGES.update({"seeds": ("--seeds", 1, 4096), "sample_steps": ("--sample-steps", 1, 10000),
                "cfg": ("--cfg", 0.0, 100.0), "seed": ("--seed", 0, 0xFFFFFFFF)})
+# --family -> the images' (sampler, scheduler): DDIM for the UNet; Euler, flow matching's own, for the transformer
+FAMILIES = {"sd": ("ddim", "ddim_uniform"), "flux": ("euler", "simple")}
 QUICK = {"steps": 10, "seeds": 1, "sample_steps": 4}  # --quick: every node of the graph, a fraction of the work
 
 
@@ -120,6 +128,15 @@ def check_options(opts: JobOptions) -> None:
             raise ValueError(f"{flag} {value}: must be between {low:g} and {high:g}")
     if opts.resolution % 8:
         raise ValueError(f"--resolution {opts.resolution}: must be a multiple of 8 (latents are 1/8 of the image)")
+    if opts.family not in FAMILIES:
+        raise ValueError(f"--family {opts.family!r}: choose one of {', '.join(FAMILIES)}")
+    if opts.family == "flux":
+        if not opts.demo:
+            raise ValueError("--family flux runs the flow demo model; with --ckpt the model is your checkpoint: "
+                             "leave --family out")
+        if not host_has_flux():
+            raise ValueError(f"--family flux needs a ComfyUI that has Flux (August 2024 or later); {host_label()} "
+                             "has none: point COMFYUI_PATH at a current ComfyUI checkout")
     if not opts.demo:
         ckpt = Path(opts.ckpt).expanduser()
         if not ckpt.is_file() or ckpt.suffix != ".safetensors":
@@ -142,19 +159,23 @@ def job_prompts(opts: JobOptions) -> tuple[str, list[str], list[str]]:
 
 def build_graph(opts: JobOptions, ckpt_name: str, concept_text: str, prompts: list[str]) -> dict:
     """The API-format graph: erase, save, report, and a before/after KSampler pair per prompt."""
+    flux = opts.family == "flux"
+    model = ["flow", 0] if flux else ["ckpt", 0]
+    sampler, scheduler = FAMILIES[opts.family]
     graph: dict = {
         "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt_name}},
+        **({"flow": {"class_type": "UnlearnDemoLoadFlowModel", "inputs": {}}} if flux else {}),
         "concepts": {"class_type": "DivergenceUnlearnLoadConceptSet",
                      "inputs": {"text": concept_text, "preset": "none", "file": "none"}},
         "unlearn": {"class_type": "DivergenceUnlearn", "inputs": {
-            "model": ["ckpt", 0], "clip": ["ckpt", 1], "concepts": ["concepts", 0],
+            "model": model, "clip": ["ckpt", 1], "concepts": ["concepts", 0],
             **defaults(EraseConfig), "divergence": opts.divergence, "alpha": opts.alpha,
             "target_mode": opts.target_mode, "steps": opts.steps, "learning_rate": opts.learning_rate,
             "resolution": opts.resolution, "sample_steps": DEMO_POOL_STEPS, "seed": opts.seed}},
         "save": {"class_type": "DivergenceUnlearnSaveErasure",
                  "inputs": {"erasure": ["unlearn", 1], "filename_prefix": "erasures/demo"}},
         "report": {"class_type": "DivergenceUnlearnErasureReport", "inputs": {
-            "model": ["ckpt", 0], "clip": ["ckpt", 1], "erasure": ["unlearn", 1], "concepts": ["concepts", 0],
+            "model": model, "clip": ["ckpt", 1], "erasure": ["unlearn", 1], "concepts": ["concepts", 0],
             "resolution": opts.resolution, "probes": 4, "seed": 0}},
         "latent": {"class_type": "EmptyLatentImage",
                    "inputs": {"width": opts.resolution, "height": opts.resolution, "batch_size": opts.seeds}},
@@ -162,10 +183,10 @@ def build_graph(opts: JobOptions, ckpt_name: str, concept_text: str, prompts: li
     }
     for i, prompt in enumerate(prompts):
         graph[f"prompt{i}"] = {"class_type": "CLIPTextEncode", "inputs": {"text": prompt, "clip": ["ckpt", 1]}}
-        for when, model in (("before", ["ckpt", 0]), ("after", ["unlearn", 0])):
+        for when, sampled in (("before", model), ("after", ["unlearn", 0])):
             graph[f"{when}{i}"] = {"class_type": "KSampler", "inputs": {
-                "model": model, "seed": opts.seed, "steps": opts.sample_steps, "cfg": opts.cfg,
-                "sampler_name": "ddim", "scheduler": "ddim_uniform", "positive": [f"prompt{i}", 0],
+                "model": sampled, "seed": opts.seed, "steps": opts.sample_steps, "cfg": opts.cfg,
+                "sampler_name": sampler, "scheduler": scheduler, "positive": [f"prompt{i}", 0],
                 "negative": ["negative", 0], "latent_image": ["latent", 0], "denoise": 1.0}}
             graph[f"{when}{i}_decode"] = {"class_type": "VAEDecode", "inputs": {"samples": [f"{when}{i}", 0],
                                                                                  "vae": ["ckpt", 2]}}
@@ -249,9 +270,10 @@ def grid(prompts: list[str], before: list[list[Image.Image]], after: list[list[I
 
 
 def markdown(opts: JobOptions, result: dict) -> str:
-    lines = [f"# Erasing '{opts.concept}' from the demo model" if opts.demo else "# Erasure report",
+    model = "the flow demo model (Flux layout)" if opts.family == "flux" else "the demo model"
+    lines = [f"# Erasing '{opts.concept}' from {model}" if opts.demo else "# Erasure report",
              "", f"Host: {result['host']}. Divergence {opts.divergence} ({opts.target_mode}), {opts.steps} steps, "
-             f"lr {opts.learning_rate}; {opts.seeds} seeds per prompt, {opts.sample_steps} DDIM steps, cfg {opts.cfg}. "
+             f"lr {opts.learning_rate}; {opts.seeds} seeds per prompt, {opts.sample_steps} {FAMILIES[opts.family][0]} steps, cfg {opts.cfg}. "
              f"Erasure training {result['erase_seconds']:.1f} s; whole graph {result['graph_seconds']:.1f} s.", ""]
     if opts.demo:
         s = result["summary"]
@@ -360,11 +382,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=d.seeds,
                    help="images per prompt, before and after (default: %(default)s)")
     p.add_argument("--sample-steps", type=int, default=d.sample_steps,
-                   help="DDIM steps per image (default: %(default)s)")
+                   help="sampler steps per image (default: %(default)s)")
     p.add_argument("--cfg", type=float, default=d.cfg,
                    help="classifier-free guidance scale of the images (default: %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed,
                    help="seed of the erasure and of the images (default: %(default)s)")
+    p.add_argument("--family", default=d.family, choices=tuple(FAMILIES),
+                   help="the demo model: sd (SD1.5-layout UNet) or flux (Flux-layout flow transformer; needs a "
+                        "ComfyUI with Flux, COMFYUI_PATH) (default: %(default)s)")
     p.add_argument("--ckpt", default=None, help="your own SD1.x/SDXL .safetensors checkpoint instead of the demo")
     p.add_argument("--prompt", action="append", default=[], help="with --ckpt: a prompt showing the concept (repeat)")
     p.add_argument("--keep", action="append", default=[], help="with --ckpt: a prompt to preserve (repeat)")
@@ -379,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     opts = JobOptions(concept=a.concept, anchor=a.anchor, divergence=a.divergence, alpha=a.alpha,
                       target_mode=a.target_mode, steps=a.steps, learning_rate=a.lr, seeds=a.seeds,
                       sample_steps=a.sample_steps, cfg=a.cfg, seed=a.seed, ckpt=a.ckpt, prompts=a.prompt, keep=a.keep,
-                      resolution=a.resolution or (512 if a.ckpt else 64), cpu=a.cpu)
+                      resolution=a.resolution or (512 if a.ckpt else 64), cpu=a.cpu,
+                      family=a.family)
     if a.quick:
         opts = replace(opts, **QUICK)
     start = time.time()
