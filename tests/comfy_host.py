@@ -15,6 +15,9 @@ __all__ = ["ComfyServer", "host_label", "load_inprocess", "prepare_host", "repor
 # --------------------------------------------------------------------------- in-process
 
 
+EXTRA_NODES = ("nodes_flux.py", "nodes_sd3.py")  # FluxGuidance, EmptySD3LatentImage (the Flux workflow)
+
+
 def load_inprocess(root: Path, cpu: bool = True):
     """Import the host's modules from ``root`` and load this pack through ComfyUI's own loader.
 
@@ -34,6 +37,11 @@ def load_inprocess(root: Path, cpu: bool = True):
             loaded = asyncio.run(loaded)
         if loaded is False:
             raise RuntimeError(f"ComfyUI failed to import {folder} (see the traceback above)")
+    for extra in EXTRA_NODES:  # built-in nodes the shipped workflows use, where this host has them
+        if (root / "comfy_extras" / extra).is_file():
+            loaded = nodes.load_custom_node(str(root / "comfy_extras" / extra), module_parent="comfy_extras")
+            if asyncio.iscoroutine(loaded):
+                asyncio.run(loaded)
     return nodes
 
 

@@ -38,10 +38,16 @@ def demo_parts(flux_host, comfy_root):
     return model, clip, vae
 
 
-def test_the_demo_node_is_loaded_by_comfyui_from_its_own_folder(flux_host, comfy_root):
+def test_the_demo_node_loads_on_every_host_and_says_what_a_host_without_flux_lacks(comfy, comfy_root):
+    """Its folder sits next to the pack (not in it) on both hosts; the 2024 host gets a clear error, no traceback."""
+    from comfy import model_base
+
     assert (comfy_root / "custom_nodes" / DEMO_NODES_DIR_NAME).is_dir()
-    node = flux_host.NODE_CLASS_MAPPINGS["UnlearnDemoLoadFlowModel"]
+    node = comfy.NODE_CLASS_MAPPINGS["UnlearnDemoLoadFlowModel"]
     assert node.RETURN_TYPES == ("MODEL",) and not node.__name__.startswith("DivergenceUnlearn")
+    if not hasattr(model_base, "Flux"):
+        with pytest.raises(RuntimeError, match="predates Flux .* COMFYUI_PATH"):
+            node().load()
 
 
 def test_the_flux_model_predicts_what_the_engine_predicts(flux_host, pack_nodes, demo_parts):

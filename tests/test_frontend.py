@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 
-from workflow_format import API_WORKFLOWS, WORKFLOWS
+from workflow_format import API_WORKFLOWS, WORKFLOWS, newer_host_nodes_missing
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -49,8 +49,11 @@ def page(server):
 
 
 @pytest.mark.parametrize("ui_file", UI_FILES, ids=[f.stem for f in UI_FILES])
-def test_ui_workflow_opens_in_the_frontend_and_queues_its_api_twin(page, ui_file):
+def test_ui_workflow_opens_in_the_frontend_and_queues_its_api_twin(server, page, ui_file):
     api = json.loads((API_WORKFLOWS / ui_file.name).read_text())
+    missing = newer_host_nodes_missing(api, server.get("/object_info"))
+    if missing:
+        pytest.skip(f"this ComfyUI (the bundled March 2024 one) has no {', '.join(missing)}")
     output = page.evaluate(LOAD_AND_CONVERT, json.loads(ui_file.read_text()))
     strip = lambda p: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in p.items()}  # noqa: E731
     assert strip(output) == strip(api)

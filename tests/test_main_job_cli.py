@@ -37,11 +37,30 @@ def _python(*args: str) -> subprocess.CompletedProcess:
     (dict(resolution=60), "--resolution 60: must be a multiple of 8"),
     (dict(concept="dog"), "--concept 'dog' is not a demo attribute"),
     (dict(ckpt="/nonexistent/model.safetensors", prompts=["a dog"]), "expected an existing .safetensors"),
+    (dict(family="sdxl"), "--family 'sdxl': choose one of sd, flux"),
+    (dict(family="flux", ckpt="model.safetensors", prompts=["a dog"]), "--family flux runs the flow demo model"),
 ])
 def test_every_option_is_checked_with_a_message_naming_it(options, message):
     with pytest.raises(ValueError) as info:
         check_options(JobOptions(**options))
     assert message in str(info.value)
+
+
+def test_family_flux_asks_for_a_comfyui_with_flux_before_anything_starts(tmp_path, monkeypatch):
+    """The bundled 2024 host has no Flux: --family flux names COMFYUI_PATH; a host whose model_base has Flux passes."""
+    from unlearn_demo.headless import host_has_flux
+
+    old = tmp_path / "old"
+    (old / "comfy").mkdir(parents=True)
+    (old / "main.py").write_text("")
+    (old / "comfy" / "model_base.py").write_text("class BaseModel:\n    pass\n")
+    monkeypatch.setenv("COMFYUI_PATH", str(old))
+    assert not host_has_flux()
+    with pytest.raises(ValueError, match="--family flux needs a ComfyUI that has Flux .* COMFYUI_PATH"):
+        check_options(JobOptions(family="flux"))
+    (old / "comfy" / "model_base.py").write_text("class BaseModel:\n    pass\n\nclass Flux(BaseModel):\n    pass\n")
+    assert host_has_flux()
+    check_options(JobOptions(family="flux"))
 
 
 def test_the_check_accepts_every_registered_divergence_and_the_defaults():

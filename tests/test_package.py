@@ -145,15 +145,17 @@ def test_comfyui_loads_the_pack_from_the_installed_wheel(installed_wheel, tmp_pa
     out = _run_installed(installed_wheel, f"""
         import asyncio, sys
         from pathlib import Path
-        from unlearn_demo.headless import PACK_DIR_NAME, prepare_host
+        from unlearn_demo.headless import DEMO_NODES_DIR_NAME, PACK_DIR_NAME, prepare_host
         root = prepare_host(Path({str(tmp_path)!r}))
         sys.path.insert(0, str(root))
         import comfy.cli_args
         comfy.cli_args.args.cpu = True
         import nodes
-        loaded = nodes.load_custom_node(str(root / "custom_nodes" / PACK_DIR_NAME))
-        loaded = asyncio.run(loaded) if asyncio.iscoroutine(loaded) else loaded
-        assert loaded is not False
-        print(sorted(k for k in nodes.NODE_CLASS_MAPPINGS if k.startswith("DivergenceUnlearn")))
+        for folder in (PACK_DIR_NAME, DEMO_NODES_DIR_NAME):
+            loaded = nodes.load_custom_node(str(root / "custom_nodes" / folder))
+            loaded = asyncio.run(loaded) if asyncio.iscoroutine(loaded) else loaded
+            assert loaded is not False, folder
+        print(sorted(k for k in nodes.NODE_CLASS_MAPPINGS if k.startswith(("DivergenceUnlearn", "UnlearnDemo"))))
     """, cwd=tmp_path)
     assert "'DivergenceUnlearn'" in out and "'DivergenceUnlearnApplyErasure'" in out
+    assert "'UnlearnDemoLoadFlowModel'" in out  # the demo's own node (--family flux) ships in the wheel too
