@@ -109,6 +109,7 @@ _ERASE_FLAGS = {"steps": "--steps", "learning_rate": "--lr", "alpha": "--alpha",
 RANGES = {s.field: (_ERASE_FLAGS[s.field], s.low, s.high) for s in declared(EraseConfig) if s.field in _ERASE_FLAGS}
 RANGES.update({"seeds": ("--seeds", 1, 4096), "sample_steps": ("--sample-steps", 1, 10000),
                "cfg": ("--cfg", 0.0, 100.0), "seed": ("--seed", 0, 0xFFFFFFFF)})
+QUICK = {"steps": 10, "seeds": 1, "sample_steps": 4}  # --quick: every node of the graph, a fraction of the work
 # --family -> the images' (sampler, scheduler): DDIM for the UNet; Euler, flow matching's own, for the transformer
 FAMILIES = {"sd": ("ddim", "ddim_uniform"), "flux": ("euler", "simple")}
 # --family flux erases for this many steps unless --steps says otherwise: at the node's 60 the flow demo's circle
@@ -120,7 +121,6 @@ FLOW_DEMO_STEPS = 200
 def default_steps(family: str) -> int:
     """The job's erasure steps when --steps is not given: the node's default, FLOW_DEMO_STEPS for the flow demo."""
     return FLOW_DEMO_STEPS if family == "flux" else EraseConfig.steps
-QUICK = {"steps": 10, "seeds": 1, "sample_steps": 4}  # --quick: every node of the graph, a fraction of the work
 
 
 def check_options(opts: JobOptions) -> None:
