@@ -45,12 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     ref = probe.reference
     rows = [{"run": "original", "target_shows": ref["target_shows"], "kept_own_shape": ref["in_domain"],
              "colour_right": ref["cross_domain"]}]
-    text = domain.prompts(args.concept)[0]
-    anchors = [line.split(" -> ")[1] for line in text.splitlines() if " -> " in line]
+    concepts = parse_concept_text(domain.prompts(args.concept)[0])
+    anchors = [pair.anchor for pair in concepts.pairs]
     shown = [s for seed in range(args.seeds)
              for s in probe.clf.predict(model.generate(anchors, seed=1000 + seed, denoiser=denoiser))["shape"]]
     rows[0]["anchor_shows"] = 100 * shown.count(args.concept) / len(shown)
-    concepts = parse_concept_text(text)
     for label in args.divergences:
         start = time.time()
         erasure = erase(denoiser, concepts, EraseConfig(**DIVERGENCES[label], steps=args.steps, target_mode=args.target_mode,

@@ -202,13 +202,18 @@ class HostFlowTransformer(FlowTransformer):
         return super().forward(x, timestep, context, context[:, -1])
 
 
-def load_transformer(folder: Path = FLOW_WEIGHTS, cls: type[FlowTransformer] = FlowTransformer) -> FlowTransformer:
-    """The trained transformer in ``folder`` as an instance of ``cls``."""
+def transformer_weights(folder: Path = FLOW_WEIGHTS) -> tuple[dict[str, Tensor], dict]:
+    """(state dict, constructor config) of the trained transformer in ``folder``."""
     path = folder / "transformer.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"{path} missing: train it with `python -m unlearn_demo.train_flow`")
-    state, meta = _load(path)
-    transformer = cls(**meta)
+    return _load(path)
+
+
+def load_transformer(folder: Path = FLOW_WEIGHTS) -> FlowTransformer:
+    """The trained transformer in ``folder``."""
+    state, config = transformer_weights(folder)
+    transformer = FlowTransformer(**config)
     transformer.load_state_dict(state)
     return transformer.eval()
 

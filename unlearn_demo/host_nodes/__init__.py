@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from unlearn_demo.flow_model import FLOW_WEIGHTS, HostFlowTransformer, load_transformer
+from unlearn_demo.flow_model import HostFlowTransformer, transformer_weights
 
 
 def flow_demo_model():
@@ -27,7 +27,7 @@ def flow_demo_model():
     if not hasattr(comfy.model_base, "Flux"):
         raise RuntimeError("this ComfyUI predates Flux (added to ComfyUI in August 2024); the flow demo needs a "
                            "current ComfyUI: point COMFYUI_PATH at one")
-    transformer = load_transformer(FLOW_WEIGHTS, HostFlowTransformer)
+    state, config = transformer_weights()
 
     class FlowDemoConfig(comfy.supported_models_base.BASE):
         unet_config: dict = {}
@@ -36,9 +36,9 @@ def flow_demo_model():
         latent_format = comfy.latent_formats.SD15
         supported_inference_dtypes = [torch.float32]
 
-    config = FlowDemoConfig({**transformer.config, "in_channels": 4, "out_channels": 4})
-    base = comfy.model_base.Flux(config, unet_model=HostFlowTransformer)
-    base.diffusion_model.load_state_dict(transformer.state_dict())
+    base = comfy.model_base.Flux(FlowDemoConfig({**config, "in_channels": 4, "out_channels": 4}),
+                                 unet_model=HostFlowTransformer)
+    base.diffusion_model.load_state_dict(state)
     base.diffusion_model.eval()
     return comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(),
                                             offload_device=mm.unet_offload_device())
