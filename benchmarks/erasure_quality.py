@@ -36,9 +36,9 @@ and PNG plots. Deterministic from the seeds.
 ``--domain patterns`` runs the same measurements on the second demo domain (grey patterns, pixel
 space, cosine schedule; ``unlearn_demo.domains``): a mode's n concepts become its first n
 patterns, each erased onto "a pattern" (``--concepts`` picks others). ``--mode defaults`` runs
-``EraseConfig()`` untouched (what the engine and node default to) with the domain's resolution, and
-again with ``erase_until`` 0.9; ``--x-source latents`` gives the erasure the model's own samples of the
-target prompts instead of the engine's anchor samples.
+``EraseConfig()`` untouched (what the engine and node default to, stopping at ``erase_until``) with the
+domain's resolution, and again with ``erase_until`` off (all ``steps``); ``--x-source latents`` gives the
+erasure the model's own samples of the target prompts instead of the engine's anchor samples.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ DIVERGENCES = {  # label -> EraseConfig fields
     # erasure term weighted 1/8 against the (MSE) preservation term. MSE at sigma^2 = 8 is exactly that.
     "mse, sigma^2 = 8 (control)": {"divergence": "mse", "sigma": 8 ** 0.5},
     "engine defaults": {},  # EraseConfig() as it is: every setting the engine and the node default to
-    "engine defaults, erase_until 0.9": {"erase_until": 0.9},  # the same, stopping once the probes read 90 %
+    "engine defaults, erase_until off": {"erase_until": 0},  # the same, running every step
 }
 MODES = {
     # Main grid, every divergence x both target modes x 3 seeds x 4 concepts at one learning rate; the
@@ -101,7 +101,7 @@ MODES = {
     # The engine's defaults untouched (divergence, target mode, lr, steps, batch, pool): what a new user
     # gets on a model nobody tuned for. steps/evals are the defaults' own (filled in at run time).
     "defaults": dict(concepts=("circle", "square", "red", "blue"),
-                     divergences=("engine defaults", "engine defaults, erase_until 0.9"), target_modes=(None,),
+                     divergences=("engine defaults", "engine defaults, erase_until off"), target_modes=(None,),
                      seeds=(0,), learning_rates=(None,), lr_sweep=None, steps=None, evals=None, eval_seeds=4,
                      sigma_concepts=(), sigma_ratios=(), sigma_divergences=()),
 }
@@ -280,8 +280,10 @@ def report_agreement(domain: Domain, model: torch.nn.Module, concepts: tuple[str
     """What erase_until reads beside the classifier: per concept, one erasure with the engine's defaults
     (``settings`` override them) run to the last checkpoint; at each checkpoint the trainer's own probe
     numbers (least "moved" onto the anchor and least progress towards the target mode's aim over the pairs,
-    largest keep drift) and the classifier's efficacy (% of target images no longer showing the concept)."""
+    what erase_until compares, largest keep drift) and the classifier's efficacy (% of target images no longer
+    showing the concept). Then how often the two agree (``agreement``)."""
     denoiser, rows = domain.make_denoiser(model), []
+    ceilings = {c: 100 - rate for c, rate in anchor_rates(domain, model, concepts).items()}
     for concept in concepts:
         probe = Probe(domain, model, denoiser, concept, eval_seeds)
         concept_set = parse_concept_text(domain.prompts(concept)[0])
@@ -291,8 +293,9 @@ def report_agreement(domain: Domain, model: torch.nn.Module, concepts: tuple[str
         def callback(info: StepInfo) -> None:
             if info.phase == "training" and info.step in checkpoints and math.isfinite(info.progress):
                 rows.append({"domain": domain.name, "concept": concept, "setting": label, "steps": info.step,
-                             **probe.score(), "moved": 100 * info.moved, "progress": 100 * info.progress,
-                             "drift": 100 * info.drift, "sigma": info.sigma, "seconds": time.time() - started})
+                             **probe.score(), "ceiling": ceilings[concept], "moved": 100 * info.moved,
+                             "progress": 100 * info.progress, "erased": 100 * info.erased, "drift": 100 * info.drift,
+                             "sigma": info.sigma, "seconds": time.time() - started})
                 print("| {domain} | {concept} | {setting} | {steps} | {efficacy:.0f} | {moved:.0f} | {progress:.0f} | "
                       "{drift:.1f} | {in_domain:+.1f} | {kid_x1000:.0f} | {seconds:.0f} |".format(**rows[-1]), flush=True)
 
@@ -301,7 +304,49 @@ def report_agreement(domain: Domain, model: torch.nn.Module, concepts: tuple[str
               "| 0 | 0 | 0 | 0 | 0 | 0 |", flush=True)
         started = time.time()
         erase(denoiser, concept_set, config, callback=callback)
+    print("\n" + agreement(rows, settings.get("erase_until", EraseConfig.erase_until),
+                            settings.get("check_every", EraseConfig.check_every)))
     return rows
+
+
+AGREEMENT_THRESHOLDS = (0.9, 1.0, 1.1, 1.15, 1.2, 1.3)
+
+
+def agreement(rows: list[dict], erase_until: float, check_every: int) -> str:
+    """Over every checkpoint, per threshold: how often "what erase_until reads >= it" and "the classifier sees
+    >= 90 % of the concept's ceiling gone" say the same, and how many checkpoints would stop too early (by that
+    bar, and by the stricter 90 % gone, which a concept with a low ceiling may never reach); then, per concept,
+    where erase_until would stop (the first checkpoint on the check_every grid that reaches it) and what the
+    classifier sees there. The ceiling is 100 % minus how often the original model's anchor images show the
+    concept (anchor mode's limit)."""
+    at_ceiling = [r["efficacy"] >= 0.9 * r["ceiling"] for r in rows]
+    at_90 = [r["efficacy"] >= 90 for r in rows]
+
+    def row(label: str, count) -> str:
+        return f"| {label} | " + " | ".join(count(round(100 * t, 6)) for t in AGREEMENT_THRESHOLDS) + " |"
+
+    lines = ["| erase_until | " + " | ".join(f"{t:.0%}" for t in AGREEMENT_THRESHOLDS) + " |",
+             "| --- " * (len(AGREEMENT_THRESHOLDS) + 1) + "|",
+             row("checkpoints where probes and classifier (≥ 90 % of the ceiling gone) agree",
+                 lambda t: f"{100 * np.mean([(r['erased'] >= t) == e for r, e in zip(rows, at_ceiling)]):.0f} %"),
+             row("probes read erased, classifier sees < 90 % of the ceiling gone (a premature stop)",
+                 lambda t: str(sum(r["erased"] >= t and not e for r, e in zip(rows, at_ceiling)))),
+             row("probes read erased, classifier sees < 90 % gone",
+                 lambda t: str(sum(r["erased"] >= t and not e for r, e in zip(rows, at_90)))),
+             f"({len(rows)} checkpoints)", "",
+             f"| concept | erase_until {erase_until:.0%} (checked every {check_every}) stops at | target gone "
+             "(ceiling) | in-domain Δ pts | KID×1000 | at the last checkpoint: gone, in-domain Δ |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for concept in dict.fromkeys(r["concept"] for r in rows):
+        mine = [r for r in rows if r["concept"] == concept]
+        stop = next((r for r in mine if r["steps"] % check_every == 0 and r["erased"] >= round(100 * erase_until, 6)),
+                    None)
+        last = mine[-1]
+        at = stop or last
+        where = f"step {stop['steps']}" if stop else f"not reached: all {last['steps']} steps"
+        lines.append(f"| {concept} | {where} | {at['efficacy']:.0f} % ({at['ceiling']:.0f} %) | {at['in_domain']:+.1f} "
+                     f"| {at['kid_x1000']:.0f} | {last['efficacy']:.0f} %, {last['in_domain']:+.1f} |")
+    return "\n".join(lines)
 
 
 _WORKER: dict = {}

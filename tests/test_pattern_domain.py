@@ -82,12 +82,13 @@ def _own_pattern(model, clf, prompts, seeds=3):
 
 
 def test_engine_defaults_erase_a_pattern_onto_the_superclass(model, clf):
-    """Quick (CI): the engine's defaults, 40 of their 60 steps, erase dots and keep the other patterns."""
+    """Quick (CI): the engine's defaults untouched, chosen on the shapes demo (at most 60 steps, stopping at
+    erase_until), erase dots and keep the other patterns (README: stops at step 50, 100 % of 16 images gone)."""
     text, targets, keep = pattern_prompts("dots")
     targets = [t for t, _ in targets]
     before, kept_before = _shows(model, clf, targets, "dots"), _own_pattern(model, clf, keep)
     denoiser = PatternDenoiser(model)
-    erasure = erase(denoiser, parse_concept_text(text), EraseConfig(resolution=RESOLUTION, seed=0, steps=40))
+    erasure = erase(denoiser, parse_concept_text(text), EraseConfig(resolution=RESOLUTION, seed=0))
     with DeltaInjection(denoiser.net, erasure.names, erasure.delta):
         after, kept_after = _shows(model, clf, targets, "dots"), _own_pattern(model, clf, keep)
     assert before >= 0.8 and after <= before - 0.35, (before, after)

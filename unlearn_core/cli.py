@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -35,6 +36,10 @@ def _progress(info: StepInfo) -> None:
     print(f"\rtraining [{bar:<30}] {info.step}/{info.total} loss {info.loss:.4g} S {info.mean_s:.3g} "
           f"r {info.ratio:.3g} (sigma {info.sigma:.3g})",
           end="\n" if info.step == info.total else "", file=sys.stderr, flush=True)
+    if math.isfinite(info.erased):
+        print(f"\ncheck at step {info.step}: every target moved at least {info.moved:.0%} onto its anchor "
+              f"({info.progress:.0%} of the way to the mode's aim); largest keep drift {info.drift:.0%}",
+              file=sys.stderr, flush=True)
 
 
 def cmd_erase(args) -> int:

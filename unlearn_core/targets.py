@@ -30,6 +30,7 @@ class TargetMode:
     frozen_terms: Callable[[PromptBank], list[Conditioning]]
     combine: Callable[[list[Tensor], float], Tensor]
     description: str
+    stop_measure: str  # what erase_until compares: "moved" (onto the anchor) or "progress" (towards the mode's aim)
 
 
 def _anchor_terms(bank: PromptBank) -> list[Conditioning]:
@@ -63,10 +64,11 @@ def _anchor_guidance_combine(outputs: list[Tensor], eta: float) -> Tensor:
 
 TARGET_MODES: dict[str, TargetMode] = {
     "anchor": TargetMode("anchor", _anchor_terms, _anchor_combine,
-                         "Concept Ablation / f-DMU: the original model's prediction for the anchor prompt"),
+                         "Concept Ablation / f-DMU: the original model's prediction for the anchor prompt", "moved"),
     "negative_guidance": TargetMode("negative_guidance", _guidance_terms, _guidance_combine,
-                                    "ESD: the original prediction steered away from the target by eta"),
+                                    "ESD: the original prediction steered away from the target by eta", "progress"),
     "anchor_guidance": TargetMode("anchor_guidance", _anchor_guidance_terms, _anchor_guidance_combine,
                                   "the anchor's prediction steered away from the target by eta: becomes the anchor "
-                                  "minus what makes the target differ from it (a red circle -> a red non-circle)"),
+                                  "minus what makes the target differ from it (a red circle -> a red non-circle)",
+                                  "moved"),
 }

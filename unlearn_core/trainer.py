@@ -42,7 +42,7 @@ from .parameters import WeightDeltas, select_parameters
 from .report import Probes, encode_all
 from .samples import X_SOURCES, build_pool
 from .settings import setting
-from .targets import TARGET_MODES, PromptBank
+from .targets import TARGET_MODES, PromptBank, TargetMode
 
 VARIATIONAL_PREFIX = "variational_"
 # precision option -> autocast dtype on CUDA (None: compute in the frozen weights' own dtype); see resolve_precision
@@ -118,20 +118,19 @@ class EraseConfig:
         "forward (fp16 adds loss scaling). The trained updates are always fp32; CPU runs use the model's dtype."))
     gradient_checkpointing: bool = setting(False, "Recompute activations in backward: less GPU memory, slower steps.")
     seed: int = setting(0, "Same seed, same erasure.", low=0, high=0xFFFFFFFF)
-    # Off by default. The probes' progress towards the target mode's aim does not track the classifier: with
-    # anchor_guidance it reads ~50 % after 10 steps and then plateaus at 53-59 % on both demo domains, while
-    # the classifier's "target gone" at those checks ranges from 50 % to 100 % (README, "Reading the Erasure
-    # Report"); 0.9 is never reached within the default steps and no threshold separates erased from not.
-    erase_until: float = setting(0.0, low=0.0, high=5.0, step=0.05, optional=True, help=(
-        "Stop once every target has gone this far towards its target mode's aim (0.9 = 90 %; anchor: onto the "
-        "anchor; anchor_guidance: past it, to the anchor + eta (anchor - target)), measured on fixed probes never "
-        "trained on; 0 (default) = always run all steps. steps is then the most it runs. With anchor_guidance the "
-        "probes plateau near 55 % of that aim on the demos, so 0.9 runs all steps there (README)."))
+    # The default is the lowest that meets the demo's own bar (the main job: <= 10 % circles after, kept shapes
+    # within 5 points), measured unchanged on the second domain and the flow demo (README, "Does it agree with
+    # the classifier?"): the images lose the target once the prediction is past its anchor, not when it gets there.
+    erase_until: float = setting(1.2, low=0.0, high=5.0, step=0.05, optional=True, help=(
+        "Stop once every target's prediction has moved this far onto its anchor (the Erasure Report's 'moved': "
+        "1.0 = predicts like the anchor, 1.2 = 20 % past it, where the demos' images have lost the target; "
+        "negative_guidance: this far towards its guided aim), measured every check_every steps on fixed probes "
+        "never trained on; steps is then the most it runs. 0 = always run all steps."))
     check_every: int = setting(10, "Measure the probes every this many steps (erase_until, max_keep_drift).",
                                low=1, high=100000, optional=True)
-    max_keep_drift: float = setting(0.0, low=0.0, high=100.0, step=0.05, optional=True, help=(
-        "Stop when a keep prompt drifts more than this (Erasure Report's drift, 0.5 = 50 %) and return the best "
-        "state measured before; 0 = no limit."))
+    max_keep_drift: float = setting(0.5, low=0.0, high=100.0, step=0.05, optional=True, help=(
+        "Stop when a keep prompt drifts more than this (Erasure Report's drift, 0.5 = 50 %; the demos' erasures "
+        "stay under 0.16) and return the state of the check before; 0 = no limit."))
     critic_lr: float = 1e-4
     critic_warmup: int = 30
     log_every: int = 1  # host-device sync (loss, S, grad norm, finiteness check) every N steps
@@ -149,6 +148,7 @@ class StepInfo:
     sigma: float = math.nan  # the closed forms' sigma (calibrated when the setting is 0 = auto)
     moved: float = math.nan  # on check steps: the least any target moved onto its anchor (report.Probes)
     progress: float = math.nan  # on check steps: the least progress of any target towards its mode's aim
+    erased: float = math.nan  # on check steps: what erase_until compares (moved or progress, per target mode)
     drift: float = math.nan  # on check steps: the largest keep drift
 
     @property
@@ -158,7 +158,7 @@ class StepInfo:
 
 
 SIGMA_CALIBRATION_BATCHES = 4
-PROBES_PER_PAIR = 2  # probes of erase_until / max_keep_drift
+PROBES_PER_PAIR = 4  # probes of erase_until / max_keep_drift (2 read ±10 points apart on the demo)
 
 
 @dataclass
@@ -166,7 +166,7 @@ class Checkpoint:
     """The state measured at a check step (deltas on the CPU only when they may be restored)."""
 
     step: int
-    progress: float
+    erased: float  # what erase_until compares, at that step
     state: dict[str, Tensor] | None = None
 
 
@@ -325,6 +325,7 @@ class Eraser:
 
         self.sigma = cfg.sigma or self._calibrated_sigma()
         history: list[StepInfo] = []
+        mode = TARGET_MODES[cfg.target_mode]
         best = Checkpoint(0, 0.0, self._snapshot(deltas))
         self.stop_reason = f"ran all {cfg.steps} steps"
         for step in range(1, cfg.steps + 1):
@@ -374,6 +375,7 @@ class Eraser:
                         report = self._probes.measure(self._predict)
                     info.moved = min(p["moved"] for p in report.pairs)
                     info.progress = min(p["progress"] for p in report.pairs)
+                    info.erased = info.moved if mode.stop_measure == "moved" else info.progress
                     info.drift = max((k["drift"] for k in report.keep), default=0.0)
                 history.append(info)
                 self.callback(info)
@@ -381,17 +383,16 @@ class Eraser:
                     deltas.load_state_dict(best.state)
                     self.stop_reason = (f"keep drift {info.drift:.0%} passed max_keep_drift {cfg.max_keep_drift:.0%} "
                                         f"at step {step}: returned the state of step {best.step} "
-                                        f"({best.progress:.0%} of the way)")
+                                        f"({_erased_text(best.erased, mode)})")
                     break
                 if check:
-                    best = Checkpoint(step, info.progress, self._snapshot(deltas))
-                if check and cfg.erase_until > 0 and info.progress >= cfg.erase_until:
+                    best = Checkpoint(step, info.erased, self._snapshot(deltas))
+                if check and cfg.erase_until > 0 and info.erased >= cfg.erase_until:
                     self.stop_reason = (f"erase_until {cfg.erase_until:.0%} reached at step {step} "
-                                        f"({info.progress:.0%} of the way to the {cfg.target_mode} aim; "
-                                        f"moved {info.moved:.0%})")
+                                        f"({_erased_text(info.erased, mode)})")
                     break
-        if self._probes is not None and best.step == cfg.steps:
-            self.stop_reason += f" ({best.progress:.0%} of the way to the {cfg.target_mode} aim)"
+        if self._probes is not None and self.stop_reason == f"ran all {cfg.steps} steps":  # the last step was a check
+            self.stop_reason += f" ({_erased_text(best.erased, mode)})"
         return history
 
     def _make_probes(self) -> Probes:
@@ -453,6 +454,13 @@ class Eraser:
             stopped=self.stop_reason,
         )
         return erasure
+
+
+def _erased_text(erased: float, mode: TargetMode) -> str:
+    """What erase_until read, in words: the least any target moved onto its anchor, or towards its mode's aim."""
+    if mode.stop_measure == "moved":
+        return f"every target moved at least {erased:.0%} onto its anchor"
+    return f"every target at least {erased:.0%} of the way to the {mode.name} aim"
 
 
 def erase(denoiser: Denoiser, concepts: ConceptSet, config: EraseConfig | None = None,
