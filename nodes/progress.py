@@ -50,9 +50,7 @@ class TrainingProgress:
                       f"S {info.mean_s:.3g} (sigma {info.sigma:.3g}, r = S/sigma² {info.ratio:.3g}){keep} "
                       f"|grad| {info.grad_norm:.3g}")
             if math.isfinite(info.erased):
-                print(f"[Divergence Unlearn] check at step {info.step}: every target moved at least {info.moved:.0%} "
-                      f"onto its anchor ({info.progress:.0%} of the way to the mode's aim); "
-                      f"largest keep drift {info.drift:.0%}")
+                print(f"[Divergence Unlearn] {info.check_text()}")
             if HAS_V3_API and (len(self.history) % self.preview_every == 0 or info.step == info.total):
                 preview = ("PNG", loss_chart(self.history, f"{self.title}, step {info.step}/{info.total}"), None)
         bar.update_absolute(info.step, info.total, preview)

@@ -257,6 +257,8 @@ def test_a_failing_node_raises_its_message_and_progress_streams_while_it_runs(se
     assert {"executing", "progress", "log"} <= kinds
     steps = [d["line"] for k, d in events if k == "log" and "[Divergence Unlearn] step" in d["line"]]
     assert steps and "step 3/3 loss" in steps[-1]
+    checks = [d["line"] for k, d in events if k == "log" and "[Divergence Unlearn] check at step" in d["line"]]
+    assert checks and "check at step 3: every target moved at least" in checks[-1]  # the last step is a check
 
     concepts = next(n for n in prompt.values() if n["class_type"] == "DivergenceUnlearnLoadConceptSet")
     concepts["inputs"]["text"] = "preset: no_such_preset_h14\n"

@@ -37,9 +37,7 @@ def _progress(info: StepInfo) -> None:
           f"r {info.ratio:.3g} (sigma {info.sigma:.3g})",
           end="\n" if info.step == info.total else "", file=sys.stderr, flush=True)
     if math.isfinite(info.erased):
-        print(f"\ncheck at step {info.step}: every target moved at least {info.moved:.0%} onto its anchor "
-              f"({info.progress:.0%} of the way to the mode's aim); largest keep drift {info.drift:.0%}",
-              file=sys.stderr, flush=True)
+        print("\n" + info.check_text(), file=sys.stderr, flush=True)
 
 
 def cmd_erase(args) -> int:

@@ -128,9 +128,9 @@ class EraseConfig:
         "never trained on; steps is then the most it runs. 0 = always run all steps."))
     check_every: int = setting(10, "Measure the probes every this many steps (erase_until, max_keep_drift).",
                                low=1, high=100000, optional=True)
-    max_keep_drift: float = setting(0.5, low=0.0, high=100.0, step=0.05, optional=True, help=(
+    max_keep_drift: float = setting(0.0, low=0.0, high=100.0, step=0.05, optional=True, help=(
         "Stop when a keep prompt drifts more than this (Erasure Report's drift, 0.5 = 50 %; the demos' erasures "
-        "stay under 0.16) and return the state of the check before; 0 = no limit."))
+        "stay under 0.2) and return the state of the check before; 0 (default) = no limit."))
     critic_lr: float = 1e-4
     critic_warmup: int = 30
     log_every: int = 1  # host-device sync (loss, S, grad norm, finiteness check) every N steps
@@ -155,6 +155,11 @@ class StepInfo:
     def ratio(self) -> float:
         """r = S / sigma^2: about 1 or more where the closed forms' shapes differ."""
         return self.mean_s / self.sigma**2
+
+    def check_text(self) -> str:
+        """What a check step measured, in words (the node's console and the CLI print it)."""
+        return (f"check at step {self.step}: every target moved at least {self.moved:.0%} onto its anchor "
+                f"({self.progress:.0%} of the way to the mode's aim); largest keep drift {self.drift:.0%}")
 
 
 SIGMA_CALIBRATION_BATCHES = 4
