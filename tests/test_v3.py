@@ -174,7 +174,7 @@ def test_v3_execute_trains_and_shows_the_loss_chart_live_and_on_the_node(v3, pac
             node = pack_nodes["DivergenceUnlearn"]
             out = run_v3(node, **defaults(node) | dict(
                 model=sd15_model, clip=sd15_clip, concepts=concepts, steps=20, learning_rate=1e-3, batch_size=1,
-                resolution=32, anchor_samples=1, sample_steps=2, precision="fp32"))
+                resolution=32, anchor_samples=1, sample_steps=2, precision="fp32", erase_until=0.0))  # all 20 steps
     finally:
         comfy.utils.set_progress_bar_global_hook(None)
     model, erasure, chart = out.args
