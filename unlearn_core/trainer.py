@@ -163,7 +163,7 @@ class StepInfo:
 
 
 SIGMA_CALIBRATION_BATCHES = 4
-PROBES_PER_PAIR = 4  # probes of erase_until / max_keep_drift (2 read ±10 points apart on the demo)
+PROBES_PER_PAIR = 4  # probes of erase_until / max_keep_drift, per prompt pair (was 2)
 
 
 @dataclass
