@@ -83,7 +83,7 @@ def _own_pattern(model, clf, prompts, seeds=3):
 
 def test_engine_defaults_erase_a_pattern_onto_the_superclass(model, clf):
     """Quick (CI): the engine's defaults untouched, chosen on the shapes demo (at most 60 steps, stopping at
-    erase_until), erase dots and keep the other patterns (README: stops at step 50, 100 % of 16 images gone)."""
+    erase_until), erase dots and keep the other patterns (README: stops at step 50, 100 % of 32 images gone)."""
     text, targets, keep = pattern_prompts("dots")
     targets = [t for t, _ in targets]
     before, kept_before = _shows(model, clf, targets, "dots"), _own_pattern(model, clf, keep)
