@@ -48,7 +48,7 @@ def test_main_job_erases_circle_in_comfyui(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["summary"] == s and "moved" in report["erasure_report"]
     assert report["stopped"].startswith(("ran all", "erase_until")), report["stopped"]  # why the erasure stopped
-    assert f"at most {JobOptions().steps} steps ({report['stopped']})" in (out / "report.md").read_text()
+    assert f"at most {JobOptions().steps} steps: {report['stopped']};" in (out / "report.md").read_text()
     assert "recognised in target images" in (out / "report.md").read_text()
     grid = Image.open(out / "grid.png")
     assert grid.width > 12 * 96 and grid.height > 10 * 96

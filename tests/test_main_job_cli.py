@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -266,6 +268,34 @@ def test_a_failing_node_raises_its_message_and_progress_streams_while_it_runs(se
         server.run(prompt, timeout=600, on_event=lambda kind, data: None)
     assert "(DivergenceUnlearnLoadConceptSet) failed:" in str(info.value)
     assert "no_such_preset_h14" in str(info.value)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_job_and_its_comfyui_with_one_line_and_no_traceback(tmp_path):
+    """Ctrl-C in a terminal reaches the job and its ComfyUI server (one process group) while the erasure trains."""
+    log = tmp_path / "job.log"
+    with open(log, "w") as f:
+        job = subprocess.Popen([sys.executable, "-m", "unlearn_demo", "run", "--quick", "--steps", "1000",
+                                "--out", str(tmp_path / "out")], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                               start_new_session=True,  # its own group, as a terminal's foreground job
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's
+    try:
+        deadline = time.monotonic() + 300
+        while "erasure: step" not in log.read_text() and time.monotonic() < deadline:
+            assert job.poll() is None, log.read_text()
+            time.sleep(0.5)
+        assert "erasure: step" in log.read_text(), "the erasure did not start within 300 s:\n" + log.read_text()
+        os.killpg(job.pid, signal.SIGINT)
+        assert job.wait(timeout=60) == 130
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert "[demo] interrupted; ComfyUI was stopped" in text and "Traceback" not in text, text
+    with pytest.raises(ProcessLookupError):  # the server is gone too
+        os.killpg(job.pid, 0)
+    workdir = Path(re.search(r"prepared in (\S+)/ComfyUI;", text).group(1))
+    assert not workdir.exists()  # the job's temporary host and checkpoint removed
 
 
 def test_the_registry_icon_is_the_shipped_png():

@@ -282,7 +282,7 @@ def markdown(opts: JobOptions, result: dict) -> str:
     model = "the flow demo model (Flux layout)" if opts.family == "flux" else "the demo model"
     lines = [f"# Erasing '{opts.concept}' from {model}" if opts.demo else "# Erasure report",
              "", f"Host: {result['host']}. Divergence {opts.divergence} ({opts.target_mode}), at most {opts.steps} "
-             f"steps ({result['stopped'] or 'no stop reason in the log'}), "
+             f"steps: {result['stopped'] or 'no stop reason in the log'}; "
              f"lr {opts.learning_rate}; {opts.seeds} seeds per prompt, {opts.sample_steps} "
              f"{FAMILIES[opts.family][0]} steps, cfg {opts.cfg}. "
              f"Erasure training {result['erase_seconds']:.1f} s; whole graph {result['graph_seconds']:.1f} s.", ""]
@@ -432,6 +432,10 @@ def main(argv: list[str] | None = None) -> int:
     except ComfyError as e:
         print(f"error: ComfyUI: {e}\n(the server's whole log: {a.out / 'comfyui.log'})", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: the server was stopped on the way out (run's finally)
+        print(f"\n[demo] interrupted; ComfyUI was stopped (its log, if it had started: {a.out / 'comfyui.log'})",
+              file=sys.stderr)
+        return 130
     print((a.out / "report.md").read_text())
     print(f"[demo] grid:   {a.out / 'grid.png'}\n[demo] report: {a.out / 'report.md'} and {a.out / 'report.json'}\n"
           f"[demo] erasure file (loads with ComfyUI's LoraLoaderModelOnly): {a.out / 'erasure.safetensors'}\n"
