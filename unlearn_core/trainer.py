@@ -123,10 +123,10 @@ class EraseConfig:
     # the classifier?"): the images lose the target once the prediction is past its anchor, not when it gets there.
     erase_until: float = setting(1.2, low=0.0, high=5.0, step=0.05, optional=True, help=(
         "Stop once every target's prediction has moved this far onto its anchor (the Erasure Report's 'moved': "
-        "1.0 = predicts like the anchor, 1.2 = 20 % past it, where the demos' images have lost the target; the "
-        "anchor mode aims at 1.0, so there 1.2 runs all steps; "
+        "1.0 = predicts like the anchor, 1.2 = 20 % past it, where the demos' images have lost the target; "
         "negative_guidance: this far towards its guided aim), measured every check_every steps on fixed probes "
-        "never trained on; steps is then the most it runs. 0 = always run all steps."))
+        "never trained on; steps is then the most it runs. 0 = always run all steps. The anchor and "
+        "negative_guidance modes train towards 1.0, so there 1.2 runs all steps."))
     check_every: int = setting(10, "Measure the probes every this many steps (erase_until, max_keep_drift).",
                                low=1, high=100000, optional=True)
     max_keep_drift: float = setting(0.0, low=0.0, high=100.0, step=0.05, optional=True, help=(
