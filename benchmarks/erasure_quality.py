@@ -4,7 +4,8 @@
     python benchmarks/erasure_quality.py --mode guidance --workers 2 --out benchmarks/results/quality_guidance
     python benchmarks/erasure_quality.py --mode quick --out out/quality       # CI: about a minute
     python benchmarks/erasure_quality.py --report benchmarks/results/quality/results.json  # tables, plots again
-    python benchmarks/erasure_quality.py --anchors  # how often the anchors show the target (anchor mode's cap)
+    python benchmarks/erasure_quality.py --anchors  # how often the anchors show the target (anchor mode's cap),
+                                                   # and how clearly the model draws the kept prompts
     python benchmarks/erasure_quality.py --domain patterns --mode defaults --concepts checks dots --out out/patterns
     python benchmarks/erasure_quality.py --domain patterns --mode defaults --concepts checks dots --x-source latents
     python benchmarks/erasure_quality.py --domain patterns --mode defaults --concepts checks dots --anchors
@@ -25,6 +26,8 @@ attribute classifier:
   (other shapes stay shapes), relative to the original model's score;
 - cross-domain preservation: % of all images showing the other attribute as prompted (colours of
   circles and squares), relative to the original;
+- clearly drawn kept images lost (agreement rows): of the kept-prompt images the original model drew
+  clearly (the classifier reads their own value with p >= 0.8), the % no longer read as it after;
 - KID (x1000) between classifier features of kept-prompt images after and before, same seeds
   (features standardised by the original model's mean and deviation);
 - steps to 90% efficacy; gradient norm and S = ||eps_theta(x, c) - target||^2 at every step.
@@ -105,6 +108,8 @@ MODES = {
                      seeds=(0,), learning_rates=(None,), lr_sweep=None, steps=None, evals=None, eval_seeds=4,
                      sigma_concepts=(), sigma_ratios=(), sigma_divergences=()),
 }
+CONFIDENT = 0.8  # --anchors: a kept image is read confidently when its own value has at least this probability
+
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
          11: 2.201, 15: 2.131, 20: 2.086, 30: 2.042}
 
@@ -148,17 +153,22 @@ class Probe:
             _REFERENCES[key] = self._sample()
         self.reference = _REFERENCES[key]
 
+    @torch.no_grad()
     def _sample(self) -> dict:
         prompts = self.targets + self.keep
         preds = {self.attr: [], self.other: []}
-        feats = []
+        feats, own_prob = [], []
+        named = [self.domain.named(p) for p in prompts]
+        own = torch.tensor([self.domain.attributes[self.attr].index(n[self.attr]) for n in named[len(self.targets):]])
         for seed in range(self.seeds):
             images = self.model.generate(prompts, seed=1000 + seed, denoiser=self.denoiser)
             p = self.clf.predict(images)
             for attr in preds:
                 preds[attr] += p[attr]
-            feats.append(self.clf.features_of(images)[len(self.targets):])
-        named = [self.domain.named(p) for p in prompts] * self.seeds
+            kept = images[len(self.targets):]
+            feats.append(self.clf.features_of(kept))
+            own_prob.append(torch.softmax(self.clf(kept)[self.attr], -1)[torch.arange(len(own)), own])
+        named = named * self.seeds
         n_t = len(self.targets)
         is_target = [i % len(prompts) < n_t for i in range(len(named))]
         hit = {a: [p == n[a] for p, n in zip(preds[a], named)] for a in preds}
@@ -167,6 +177,8 @@ class Probe:
             "in_domain": 100 * np.mean([h for h, t in zip(hit[self.attr], is_target) if not t]),
             "cross_domain": 100 * np.mean(hit[self.other]),
             "features": torch.cat(feats),
+            "kept_hit": np.array([h for h, t in zip(hit[self.attr], is_target) if not t]),
+            "kept_clear": torch.cat(own_prob).numpy() >= CONFIDENT,  # read as its own value with p >= CONFIDENT
         }
 
     @torch.no_grad()
@@ -175,8 +187,12 @@ class Probe:
         ref = self.reference
         # standardise by the original model's features, so the cubic kernel sees unit-scale inputs
         mu, sd = ref["features"].mean(0), ref["features"].std(0) + 1e-6
+        clear = ref["kept_clear"]
         return {"efficacy": 100 - now["target_shows"],
                 "in_domain": now["in_domain"] - ref["in_domain"],
+                # of the kept images the original model drew clearly (read as their own value with p >= CONFIDENT),
+                # the % no longer read as it: what in_domain counts, without images near a decision boundary
+                "clear_kept_lost": 100 * float(np.mean(~now["kept_hit"][clear])) if clear.any() else math.nan,
                 "cross_domain": now["cross_domain"] - ref["cross_domain"],
                 "kid_x1000": 1000 * kid((now["features"] - mu) / sd, (ref["features"] - mu) / sd)}
 
@@ -216,7 +232,7 @@ def one_run(model: torch.nn.Module, concept: str, label: str, target_mode: str, 
             "seed": seed, "sigma": config.sigma, "ratio": ratio, "config": asdict(config), "domain": domain,
             "steps_run": len(history),
             "seconds": time.time() - started,
-            "before": {k: v for k, v in probe.reference.items() if k != "features"},
+            "before": {k: v for k, v in probe.reference.items() if k not in ("features", "kept_hit", "kept_clear")},
             "evals": {str(s): v for s, v in scores.items()},
             "steps_to_90": next((s for s, e in efficacies if e >= 90), None),
             "history": history}
@@ -236,6 +252,26 @@ def anchor_rates(domain: Domain, model: torch.nn.Module, concepts: tuple[str, ..
                 for p in clf.predict(model.generate(anchors, seed=1000 + seed, denoiser=denoiser))[attr]]
         rates[concept] = 100 * float(np.mean(hits))
     return rates
+
+
+@torch.no_grad()
+def kept_confidence(domain: Domain, model: torch.nn.Module, concept: str, seeds: int = 8,
+                    threshold: float = CONFIDENT) -> dict[str, float]:
+    """% of the original model's images of each kept prompt that the classifier reads as the prompt's own value
+    with probability >= ``threshold``.
+
+    The in-domain score counts kept images whose reading changes; images the classifier reads near a decision
+    boundary (a texture between two patterns) can change reading on a small change, which this shows.
+    """
+    denoiser, clf = domain.make_denoiser(model), domain.load_classifier()
+    _, _, keep = domain.prompts(concept)
+    attr = domain.attribute_of(concept)
+    values = domain.attributes[attr]
+    probs = torch.cat([torch.softmax(clf.eval()(model.generate(keep, seed=1000 + seed, denoiser=denoiser))[attr], -1)
+                       for seed in range(seeds)]).view(seeds, len(keep), len(values))
+    own = torch.tensor([values.index(domain.named(p)[attr]) for p in keep])
+    confident = probs[:, torch.arange(len(keep)), own] >= threshold
+    return {p: 100 * float(confident[:, i].float().mean()) for i, p in enumerate(keep)}
 
 
 @torch.no_grad()
@@ -297,11 +333,12 @@ def report_agreement(domain: Domain, model: torch.nn.Module, concepts: tuple[str
                              "progress": 100 * info.progress, "erased": 100 * info.erased, "drift": 100 * info.drift,
                              "sigma": info.sigma, "seconds": time.time() - started})
                 print("| {domain} | {concept} | {setting} | {steps} | {efficacy:.0f} | {moved:.0f} | {progress:.0f} | "
-                      "{drift:.1f} | {in_domain:+.1f} | {kid_x1000:.0f} | {seconds:.0f} |".format(**rows[-1]), flush=True)
+                      "{drift:.1f} | {in_domain:+.1f} | {clear_kept_lost:.1f} | {kid_x1000:.0f} | {seconds:.0f} |"
+                      .format(**rows[-1]), flush=True)
 
         label = ", ".join([config.target_mode] + [f"{k} {v}" for k, v in settings.items() if k != "target_mode"])
         print(f"| {domain.name} | {concept} | {label} | 0 | {100 - probe.reference['target_shows']:.0f} "
-              "| 0 | 0 | 0 | 0 | 0 | 0 |", flush=True)
+              "| 0 | 0 | 0 | 0 | 0 | 0 | 0 |", flush=True)
         started = time.time()
         erase(denoiser, concept_set, config, callback=callback)
     print("\n" + agreement(rows, settings.get("erase_until", EraseConfig.erase_until),
@@ -335,8 +372,9 @@ def agreement(rows: list[dict], erase_until: float, check_every: int) -> str:
                  lambda t: str(sum(r["erased"] >= t and not e for r, e in zip(rows, at_90)))),
              f"({len(rows)} checkpoints)", "",
              f"| concept | erase_until {erase_until:.0%} (checked every {check_every}) stops at | target gone "
-             "(ceiling) | in-domain Δ pts | KID×1000 | at the last checkpoint: gone, in-domain Δ |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "(ceiling) | in-domain Δ pts | clearly drawn kept images lost % | KID×1000 | at the last checkpoint: "
+             "gone, in-domain Δ |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for concept in dict.fromkeys(r["concept"] for r in rows):
         mine = [r for r in rows if r["concept"] == concept]
         stop = next((r for r in mine if r["steps"] % check_every == 0 and r["erased"] >= round(100 * erase_until, 6)),
@@ -345,7 +383,7 @@ def agreement(rows: list[dict], erase_until: float, check_every: int) -> str:
         at = stop or last
         where = f"step {stop['steps']}" if stop else f"not reached: all {last['steps']} steps"
         lines.append(f"| {concept} | {where} | {at['efficacy']:.0f} % ({at['ceiling']:.0f} %) | {at['in_domain']:+.1f} "
-                     f"| {at['kid_x1000']:.0f} | {last['efficacy']:.0f} %, {last['in_domain']:+.1f} |")
+                     f"| {at['clear_kept_lost']:.1f} | {at['kid_x1000']:.0f} | {last['efficacy']:.0f} %, {last['in_domain']:+.1f} |")
     return "\n".join(lines)
 
 
@@ -597,11 +635,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{concept}: the anchor prompts show {concept!r} in {rate:.0f}% of the original model's images; "
                   f"the engine's anchor pool has std {spread['pool_std']:.3g}, max |x| {spread['pool_max']:.3g} "
                   f"(the model's own samples: std {spread['own_std']:.3g}, max |x| {spread['own_max']:.3g})")
+            confidence = kept_confidence(domain, model, concept)
+            print(f"  its kept prompts' images read as their own {domain.attribute_of(concept)} with p >= "
+                  f"{CONFIDENT}: " + ", ".join(f"{p} {v:.0f}%" for p, v in confidence.items())
+                  + f" (all: {np.mean(list(confidence.values())):.0f}%)")
         return 0
     if args.agreement:
         print("| domain | concept | settings | steps | classifier: target gone % | moved % (least pair) | "
-              "progress to the aim % (least pair) | largest keep drift % | in-domain Δ pts | KID×1000 | "
-              "seconds |\n" + "| --- " * 11 + "|")
+              "progress to the aim % (least pair) | largest keep drift % | in-domain Δ pts | clearly drawn kept images "
+              "lost % | KID×1000 | seconds |\n" + "| --- " * 12 + "|")
         concepts = args.concepts or (("circle", "red") if args.domain == "shapes" else plan["concepts"][:2])
         fields = {f.name: f.type for f in dataclasses.fields(EraseConfig)}
         settings = {k: {"float": float, "int": int}.get(fields[k], str)(v)

@@ -76,3 +76,18 @@ def test_quick_mode_runs_and_erases(tmp_path):
     base, = [r for r in result["runs"] if r["divergence"] == "hellinger"]
     median_s = float(np.median([h[2] for h in base["history"]]))  # sigma is set so that S / sigma^2 = 10
     assert sigma_run["ratio"] == 10.0 and sigma_run["sigma"] == pytest.approx((median_s / 10) ** 0.5)
+
+
+def test_kept_images_clearly_drawn_and_lost_are_counted_per_image():
+    """The untouched model loses no clearly drawn kept image; the shapes demo draws its kept shapes clearly, the
+    shipped pattern model mostly not (README, "A second domain": why its in-domain numbers are weak evidence)."""
+    bench = _bench()
+    shapes, patterns = bench.DOMAINS["shapes"], bench.DOMAINS["patterns"]
+    model = shapes.load_model()
+    probe = bench.Probe(shapes, model, shapes.make_denoiser(model), "circle", seeds=2)
+    score = probe.score()
+    assert probe.reference["kept_clear"].mean() >= 0.9
+    assert score["clear_kept_lost"] == 0 and score["in_domain"] == 0 and score["efficacy"] == 0
+    assert min(bench.kept_confidence(shapes, model, "circle", seeds=2).values()) >= 90
+    confidence = bench.kept_confidence(patterns, patterns.load_model(), "checks", seeds=2)
+    assert confidence["small dots"] == 100 and np.mean(list(confidence.values())) <= 50, confidence
