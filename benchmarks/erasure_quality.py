@@ -108,7 +108,7 @@ MODES = {
                      seeds=(0,), learning_rates=(None,), lr_sweep=None, steps=None, evals=None, eval_seeds=4,
                      sigma_concepts=(), sigma_ratios=(), sigma_divergences=()),
 }
-CONFIDENT = 0.8  # --anchors: a kept image is read confidently when its own value has at least this probability
+CONFIDENT = 0.8  # a kept image is drawn clearly when the classifier gives its own value at least this probability
 
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
          11: 2.201, 15: 2.131, 20: 2.086, 30: 2.042}
@@ -254,24 +254,16 @@ def anchor_rates(domain: Domain, model: torch.nn.Module, concepts: tuple[str, ..
     return rates
 
 
-@torch.no_grad()
-def kept_confidence(domain: Domain, model: torch.nn.Module, concept: str, seeds: int = 8,
-                    threshold: float = CONFIDENT) -> dict[str, float]:
+def kept_confidence(domain: Domain, model: torch.nn.Module, concept: str, seeds: int = 8) -> dict[str, float]:
     """% of the original model's images of each kept prompt that the classifier reads as the prompt's own value
-    with probability >= ``threshold``.
+    with probability >= CONFIDENT (the benchmark's own samples of them, ``Probe``).
 
     The in-domain score counts kept images whose reading changes; images the classifier reads near a decision
     boundary (a texture between two patterns) can change reading on a small change, which this shows.
     """
-    denoiser, clf = domain.make_denoiser(model), domain.load_classifier()
-    _, _, keep = domain.prompts(concept)
-    attr = domain.attribute_of(concept)
-    values = domain.attributes[attr]
-    probs = torch.cat([torch.softmax(clf.eval()(model.generate(keep, seed=1000 + seed, denoiser=denoiser))[attr], -1)
-                       for seed in range(seeds)]).view(seeds, len(keep), len(values))
-    own = torch.tensor([values.index(domain.named(p)[attr]) for p in keep])
-    confident = probs[:, torch.arange(len(keep)), own] >= threshold
-    return {p: 100 * float(confident[:, i].float().mean()) for i, p in enumerate(keep)}
+    probe = Probe(domain, model, domain.make_denoiser(model), concept, seeds)
+    clear = probe.reference["kept_clear"].reshape(seeds, len(probe.keep))
+    return {p: 100 * float(clear[:, i].mean()) for i, p in enumerate(probe.keep)}
 
 
 @torch.no_grad()

@@ -88,6 +88,8 @@ def test_kept_images_clearly_drawn_and_lost_are_counted_per_image():
     score = probe.score()
     assert probe.reference["kept_clear"].mean() >= 0.9
     assert score["clear_kept_lost"] == 0 and score["in_domain"] == 0 and score["efficacy"] == 0
-    assert min(bench.kept_confidence(shapes, model, "circle", seeds=2).values()) >= 90
+    per_prompt = bench.kept_confidence(shapes, model, "circle", seeds=2)
+    assert list(per_prompt) == probe.keep and np.mean(list(per_prompt.values())) >= 90  # README: 98 % with 8 seeds
+    assert np.mean(list(per_prompt.values())) == pytest.approx(100 * probe.reference["kept_clear"].mean())
     confidence = bench.kept_confidence(patterns, patterns.load_model(), "checks", seeds=2)
     assert confidence["small dots"] == 100 and np.mean(list(confidence.values())) <= 50, confidence
