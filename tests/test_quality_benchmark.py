@@ -79,8 +79,8 @@ def test_quick_mode_runs_and_erases(tmp_path):
 
 
 def test_kept_images_clearly_drawn_and_lost_are_counted_per_image():
-    """The untouched model loses no clearly drawn kept image; the shapes demo draws its kept shapes clearly, the
-    shipped pattern model mostly not (README, "A second domain": why its in-domain numbers are weak evidence)."""
+    """The untouched model loses no clearly drawn kept image; both demo domains draw their kept prompts clearly
+    (README, "A second domain": what makes their in-domain numbers evidence; the first pattern model drew 12-30 %)."""
     bench = _bench()
     shapes, patterns = bench.DOMAINS["shapes"], bench.DOMAINS["patterns"]
     model = shapes.load_model()
@@ -92,4 +92,4 @@ def test_kept_images_clearly_drawn_and_lost_are_counted_per_image():
     assert list(per_prompt) == probe.keep and np.mean(list(per_prompt.values())) >= 90  # README: 98 % with 8 seeds
     assert np.mean(list(per_prompt.values())) == pytest.approx(100 * probe.reference["kept_clear"].mean())
     confidence = bench.kept_confidence(patterns, patterns.load_model(), "checks", seeds=2)
-    assert confidence["small dots"] == 100 and np.mean(list(confidence.values())) <= 50, confidence
+    assert confidence["small dots"] == 100 and np.mean(list(confidence.values())) >= 80, confidence  # 94 % (8 seeds)

@@ -1,7 +1,9 @@
 """Procedural images for the second demo domain: a grey-scale pattern filling the frame, with captions.
 
-Every image is one pattern (stripes, checks, dots, rings, waves) at one scale (small or large period)
-with random orientation, phase, centre and contrast (dark ink on light paper). Captions fall back to the superclass
+Every image is one pattern (stripes, checks, dots, grid, waves) at one scale (small or large period)
+with a random tilt of at most TILT from upright, random phase and contrast (dark ink on light paper). Every
+pattern is periodic, so a UNet without position embeddings can draw it (rings, whose centre is a position, and
+random orientations came out as labyrinths: README). Captions fall back to the superclass
 word "pattern", so that anchors exist the way real models know "painting" for "Van Gogh":
 "small stripes", "stripes", "a small pattern", "a pattern", or the empty prompt.
 """
@@ -13,11 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-PATTERNS = ("stripes", "checks", "dots", "rings", "waves")
+PATTERNS = ("stripes", "checks", "dots", "grid", "waves")
 SCALES = ("small", "large")
 ATTRIBUTES = {"pattern": PATTERNS, "scale": SCALES}
 IMAGE_SIZE = 24
 _PERIOD = {"small": (3.5, 4.5), "large": (7.0, 9.5)}  # pixels
+TILT = 0.2  # radians: patterns stand near upright (a small model draws random orientations as labyrinths)
 # Caption templates with their sampling weights; {s} scale, {p} pattern.
 TEMPLATES = (
     ("{s} {p}", 6),
@@ -37,8 +40,8 @@ class Attributes:
         return PATTERNS.index(self.pattern), SCALES.index(self.scale)
 
 
-def pattern_mask(pattern: str, u: np.ndarray, v: np.ndarray, rho: np.ndarray, period: float) -> np.ndarray:
-    """Ink where ``pattern`` of ``period`` is dark, at rotated coordinates (u, v) and distance ``rho`` from a centre."""
+def pattern_mask(pattern: str, u: np.ndarray, v: np.ndarray, period: float) -> np.ndarray:
+    """Ink where ``pattern`` of ``period`` is dark, at rotated and shifted coordinates (u, v)."""
     wave = 2 * np.pi / period
     if pattern == "stripes":
         return np.cos(wave * u) > 0
@@ -48,10 +51,10 @@ def pattern_mask(pattern: str, u: np.ndarray, v: np.ndarray, rho: np.ndarray, pe
         du = (u / period) % 1 - 0.5
         dv = (v / period) % 1 - 0.5
         return du * du + dv * dv <= 0.3 ** 2
-    if pattern == "rings":
-        return np.cos(wave * rho) > 0
+    if pattern == "grid":
+        return (np.cos(wave * u) > 0.6) | (np.cos(wave * v) > 0.6)
     if pattern == "waves":
-        return np.cos(wave * (u + 0.45 * period * np.sin(wave * v / 2.5))) > 0
+        return np.cos(wave * (u + 0.4 * period * np.sin(wave * v / 1.6))) > 0
     raise ValueError(f"unknown pattern {pattern!r}; expected one of {PATTERNS}")
 
 
@@ -59,14 +62,12 @@ def draw(attrs: Attributes, rng: np.random.Generator, size: int = IMAGE_SIZE, su
     """One anti-aliased grey-scale image [size, size] in [0, 1] of ``attrs`` with random jitter."""
     n = size * supersample
     period = rng.uniform(*_PERIOD[attrs.scale]) * supersample
-    angle = rng.uniform(0, np.pi)
-    centre = rng.uniform(0.25 * n, 0.75 * n, size=2)
-    shift = rng.uniform(0, period, size=2)
-    yy, xx = np.mgrid[0:n, 0:n].astype(np.float64) + 0.5
-    du, dv = xx - centre[0], yy - centre[1]
-    u = np.cos(angle) * du + np.sin(angle) * dv + shift[0]
-    v = -np.sin(angle) * du + np.cos(angle) * dv + shift[1]
-    mask = pattern_mask(attrs.pattern, u, v, np.hypot(du, dv), period).astype(np.float64)
+    angle = rng.uniform(-TILT, TILT)
+    shift = rng.uniform(0, 2.5 * period, size=2)
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float64) + 0.5 - n / 2
+    u = np.cos(angle) * xx + np.sin(angle) * yy + shift[0]
+    v = -np.sin(angle) * xx + np.cos(angle) * yy + shift[1]
+    mask = pattern_mask(attrs.pattern, u, v, period).astype(np.float64)
     mask = mask.reshape(size, supersample, size, supersample).mean(axis=(1, 3))
     ink, paper = rng.uniform(0.0, 0.2), rng.uniform(0.8, 1.0)
     return (mask * ink + (1 - mask) * paper).astype(np.float32)
