@@ -60,7 +60,8 @@ class DivergenceUnlearn:
             traceback.clear_frames(error.__traceback__)
             raise
         meta = erasure.metadata
-        print(f"[Divergence Unlearn] done in {meta['seconds']:.1f} s: {meta['stopped']}")
+        print(f"[Divergence Unlearn] done in {meta['seconds']:.1f} s: {meta['stopped']}; keep projection: "
+              f"{meta['keep_projection']}")
         chart = loss_chart(progress.history, f"{config.divergence}, {progress.history[-1].step} steps, "
                                              f"{meta['seconds']:.1f} s: {meta['stopped']}")
         return (apply_erasure(model, erasure, 1.0), erasure, to_image_tensor(chart))

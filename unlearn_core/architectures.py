@@ -39,6 +39,7 @@ class Architecture:
     checkpoint_lists: tuple[str, ...] = ()  # ModuleLists whose every block gradient checkpointing wraps
     default_lora_rank: int = 0  # lora_rank -1 (auto): full updates on the UNets, a LoRA on the large transformers
     blocks_add_into_inputs: bool = False  # (Flux) checkpointing then runs each block on copies of its inputs
+    reads_text: Rule = lambda n: False  # layers whose input is the text conditioning itself (keep_projection)
 
 
 def _unet_sets() -> dict[str, Rule]:
@@ -78,9 +79,12 @@ def _mmdit_sets() -> dict[str, Rule]:
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "unet": Architecture("unet", "attn2.", _unet_sets()),
-    "flux": Architecture("flux", "double_blocks.", _flux_sets(), ("double_blocks", "single_blocks"), 16, True),
-    "mmdit": Architecture("mmdit", "joint_blocks.", _mmdit_sets(), ("joint_blocks",), 16),
+    "unet": Architecture("unet", "attn2.", _unet_sets(),
+                         reads_text=lambda n: n.endswith((".attn2.to_k.weight", ".attn2.to_v.weight"))),
+    "flux": Architecture("flux", "double_blocks.", _flux_sets(), ("double_blocks", "single_blocks"), 16, True,
+                         reads_text=lambda n: n.startswith("txt_in.")),
+    "mmdit": Architecture("mmdit", "joint_blocks.", _mmdit_sets(), ("joint_blocks",), 16,
+                          reads_text=lambda n: n.startswith("context_embedder.")),
 }
 
 PARAMETER_SET_NAMES = list(ARCHITECTURES["unet"].parameter_sets)

@@ -54,7 +54,8 @@ def cmd_erase(args) -> int:
     path = erasure.save(args.out)
     report = measure(denoiser, erasure, concepts, resolution=args.resolution)
     print(report.text())
-    print(f"erasure written to {path} ({erasure.metadata['seconds']:.1f} s; {erasure.metadata['stopped']})")
+    print(f"erasure written to {path} ({erasure.metadata['seconds']:.1f} s; {erasure.metadata['stopped']}; "
+          f"keep projection: {erasure.metadata['keep_projection']})")
     if args.report_json:
         Path(args.report_json).write_text(json.dumps({"pairs": report.pairs, "keep": report.keep}, indent=1))
     return 0

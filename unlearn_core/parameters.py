@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from .architectures import ARCHITECTURES, PARAMETER_SET_NAMES
+from .keep_projection import project_off_
 
 
 def select_parameters(net: nn.Module, parameter_set: str, architecture: str = "unet") -> list[str]:
@@ -67,6 +68,20 @@ class WeightDeltas(nn.Module):
             return self.full[key]
         up, down = self.up[key], self.down[key]
         return (self.alpha / up.shape[1]) * (up @ down).view(self.shapes[self.names[index]])
+
+    @torch.no_grad()
+    def project_inputs_(self, names: list[str], basis: Tensor) -> None:
+        """Make the updates of the layers' tensors ``names`` blind to span(basis) on their input side, in place.
+
+        A LoRA's ``down`` is projected, (up @ down) U = up @ (down U); a bias, which adds to every row the layer
+        reads, is held at zero."""
+        for name in names:
+            key = str(self._index[name])
+            tensor = self.full[key] if key in self.full else self.down[key]
+            if tensor.dim() == 1:
+                tensor.zero_()
+            else:
+                project_off_(tensor, basis.to(tensor.dtype))
 
     def delta_of(self, name: str) -> Tensor:
         """The float32 update of the tensor called ``name``."""

@@ -8,7 +8,9 @@ Per step, for a batch of (x_t, t, prompt pair):
     loss   = mean_i divergence.loss(w_t S_i / sigma^2)  +  preservation_weight * mean S_keep
 
 The frozen model is the same network evaluated without the deltas: only the trained tensors are
-duplicated, and the input network is unchanged afterwards (``injection.DeltaInjection``).
+duplicated, and the input network is unchanged afterwards (``injection.DeltaInjection``). With
+``keep_projection`` the updates of the weights that read the text are projected, after every step, off
+the keep prompts' text rows, so those prompts predict exactly as before (``keep_projection``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from .divergences import (
 )
 from .erasure import Erasure, fingerprint, new_metadata
 from .injection import DeltaInjection, checkpointed
+from .keep_projection import MIN_TRAINABLE, keep_basis, outside_share
 from .architectures import ARCHITECTURES, PARAMETER_SET_NAMES
 from .parameters import WeightDeltas, select_parameters
 from .report import Probes, encode_all
@@ -132,6 +135,10 @@ class EraseConfig:
     max_keep_drift: float = setting(0.0, low=0.0, high=100.0, step=0.05, optional=True, help=(
         "Stop when a keep prompt drifts more than this (Erasure Report's drift, 0.5 = 50 %; the demos' erasures "
         "stay under 0.2) and return the state of the check before; 0 (default) = no limit."))
+    keep_projection: bool = setting(True, optional=True, help=(
+        "Train the weights that read the text (cross-attention K/V) only in directions the keep prompts' text "
+        "embeddings do not use: the keep prompts then predict exactly as before. Off = the keep loss alone "
+        "(preservation_weight). No effect without keep prompts."))
     critic_lr: float = 1e-4
     critic_warmup: int = 30
     log_every: int = 1  # host-device sync (loss, S, grad norm, finiteness check) every N steps
@@ -260,6 +267,30 @@ class Eraser:
         keep = enc(list(self.concepts.keep), size) if self.concepts.keep else None
         return bank, keep
 
+    def _keep_projection(self, names: list[str]) -> tuple[tuple[list[str], Tensor] | None, str]:
+        """((trained weights that read the text, basis of the keep prompts' rows) or None, what was done in words).
+
+        Raises where a target has no row outside that span (every word of it is in the keep prompts)."""
+        readers = [n for n in names if ARCHITECTURES[self.denoiser.architecture].reads_text(n)]
+        if not self.config.keep_projection:
+            return None, "off"
+        if self._keep is None or "context" not in self._keep:
+            return None, "no keep prompts"
+        if not readers:
+            return None, f"not applicable: parameter set {self.config.parameter_set!r} trains no weight reading the text"
+        keep_rows = self._keep["context"].float().cpu()
+        basis = keep_basis(keep_rows.flatten(0, -2))
+        shares = [float(outside_share(rows, basis).max()) for rows in self._bank.target["context"].float().cpu()]
+        for (target, _), share in zip(self.pairs, shares):
+            if share < MIN_TRAINABLE:
+                raise ValueError(
+                    f"nothing of {target!r} is left to erase with keep_projection on: the keep prompts' text embeddings "
+                    f"cover every word of it ({share:.1%} of its most distinct embedding row lies outside them). "
+                    "Remove keep prompts that contain all of the target's words, or turn keep_projection off")
+        note = (f"{len(readers)} tensors trained off the keep prompts' {basis.shape[1]} of {keep_rows.shape[-1]} text "
+                f"directions; the targets keep {min(shares):.0%}-{max(shares):.0%} of their most distinct row")
+        return (readers, basis.to(self.device)), note
+
     def _latent_shape(self) -> tuple[int, int, int]:
         side = self.config.resolution // self.denoiser.latent_downscale
         return (self.denoiser.latent_channels, side, side)
@@ -283,6 +314,9 @@ class Eraser:
                                     self._latent_shape(), cfg.sample_steps, cfg.sample_guidance, self.generator,
                                     self.user_latents,
                                     on_step=lambda i, n: self.callback(StepInfo("sampling", i, n)))
+        self._projection, self.projection_note = self._keep_projection(names)
+        if self._projection:
+            deltas.project_inputs_(*self._projection)
         self._injection = DeltaInjection(self.denoiser.net, names, deltas.delta_of, fp8_compute=self.dtype)
         checking = cfg.erase_until > 0 or cfg.max_keep_drift > 0
         with torch.no_grad():
@@ -364,6 +398,8 @@ class Eraser:
                     torch.stack([p.grad.norm() for p in deltas.parameters() if p.grad is not None]))
             scaler.step(optimizer)  # with fp16, skips a step whose gradients overflowed and lowers the scale
             scaler.update()
+            if self._projection:
+                deltas.project_inputs_(*self._projection)
             optimizer.zero_grad(set_to_none=True)
             check = self._probes is not None and (step % cfg.check_every == 0 or step == cfg.steps)
             if step % cfg.log_every == 0 or step == cfg.steps or check:
@@ -458,6 +494,7 @@ class Eraser:
             history=[[h.step, h.loss, h.mean_s, h.keep_s, h.grad_norm, h.moved, h.drift, h.progress]
                      for h in history],
             stopped=self.stop_reason,
+            keep_projection=self.projection_note,
         )
         return erasure
 
