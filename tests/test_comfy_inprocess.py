@@ -266,3 +266,16 @@ def test_model_of_an_untrainable_kind_is_a_clear_error(pack_nodes, sd15_clip):
     concepts, _ = load_concepts(pack_nodes, "a -> b")
     with pytest.raises(ValueError, match=r"samples with \w+ \(V_PREDICTION_EDM\); Divergence Unlearn trains epsilon- and v-prediction"):
         unlearn(pack_nodes, patcher, sd15_clip, concepts)
+
+
+def test_keep_projection_keeps_the_keep_prompts_exactly_through_a_contextual_clip(pack_nodes, sd15_model, sd15_clip):
+    """ComfyUI's CLIP-L mixes the words of a prompt (unlike the demo's word rows): the listed keep prompts still
+    predict exactly as before, and the target moves (README, "keep_projection")."""
+    text = "a red circle -> a red shape\nkeep: a blue square\nkeep: a green triangle"
+    concepts, _ = load_concepts(pack_nodes, text)
+    erased, erasure, _ = unlearn(pack_nodes, sd15_model, sd15_clip, concepts, steps=10, learning_rate=1e-3)
+    assert erasure.metadata["keep_projection"].startswith("16 tensors trained off"), erasure.metadata
+    for prompt, changed in (("a blue square", False), ("a green triangle", False), ("a red circle", True)):
+        cond = encode(sd15_clip, prompt)
+        moved = (apply_model(erased, cond) - apply_model(sd15_model, cond)).abs().max().item()
+        assert (moved > 1e-3) if changed else (moved < 1e-5), (prompt, moved)

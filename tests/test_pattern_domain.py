@@ -81,17 +81,18 @@ def _own_pattern(model, clf, prompts, seeds=3):
 
 
 def test_engine_defaults_erase_a_pattern_onto_the_superclass(model, clf):
-    """Quick (CI): the engine's defaults untouched, chosen on the shapes demo (60 steps), erase grid and keep the
-    other patterns (README: 100 % of 32 images gone, in-domain 0). Not dots: there they turn small checks into dots."""
-    text, targets, keep = pattern_prompts("grid")
+    """Quick (CI): the engine's defaults untouched, chosen on the shapes demo (60 steps), erase dots and keep the
+    other patterns (README: 100 % of 32 images gone, in-domain 0). Dots is the hard one: without keep_projection
+    the erasure turned every "small checks" image into dots (in-domain -15.6)."""
+    text, targets, keep = pattern_prompts("dots")
     targets = [t for t, _ in targets]
-    before, kept_before = _shows(model, clf, targets, "grid"), _own_pattern(model, clf, keep)
+    before, kept_before = _shows(model, clf, targets, "dots"), _own_pattern(model, clf, keep)
     denoiser = PatternDenoiser(model)
     erasure = erase(denoiser, parse_concept_text(text), EraseConfig(resolution=RESOLUTION, seed=0))
     with DeltaInjection(denoiser.net, erasure.names, erasure.delta):
-        after, kept_after = _shows(model, clf, targets, "grid"), _own_pattern(model, clf, keep)
+        after, kept_after = _shows(model, clf, targets, "dots"), _own_pattern(model, clf, keep)
     assert before >= 0.8 and after <= before - 0.35, (before, after)
-    assert kept_after >= kept_before - 0.1, (kept_before, kept_after)
+    assert kept_after >= kept_before - 0.04, (kept_before, kept_after)  # one image of 24
 
 
 def test_engine_anchor_pool_stays_in_the_pixel_range(model):

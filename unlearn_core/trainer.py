@@ -287,8 +287,9 @@ class Eraser:
                     f"nothing of {target!r} is left to erase with keep_projection on: the keep prompts' text embeddings "
                     f"cover every word of it ({share:.1%} of its most distinct embedding row lies outside them). "
                     "Remove keep prompts that contain all of the target's words, or turn keep_projection off")
+        spread = f"{min(shares):.0%}" + (f"-{max(shares):.0%}" if f"{min(shares):.0%}" != f"{max(shares):.0%}" else "")
         note = (f"{len(readers)} tensors trained off the keep prompts' {basis.shape[1]} of {keep_rows.shape[-1]} text "
-                f"directions; the targets keep {min(shares):.0%}-{max(shares):.0%} of their most distinct row")
+                f"directions; the targets keep {spread} of their most distinct row")
         return (readers, basis.to(self.device)), note
 
     def _latent_shape(self) -> tuple[int, int, int]:
