@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 RELATIVE_TOLERANCE = 1e-3  # singular values below this fraction of the largest are numerical noise, not directions
-MIN_TRAINABLE = 0.05  # a target none of whose rows keeps this share of its norm outside the span cannot be erased
+MIN_TRAINABLE = 0.05  # below this share of its most distinct row outside the span a target is left no room: no projection
 
 
 def keep_basis(rows: Tensor, tolerance: float = RELATIVE_TOLERANCE) -> Tensor:

@@ -270,7 +270,8 @@ class Eraser:
     def _keep_projection(self, names: list[str]) -> tuple[tuple[list[str], Tensor] | None, str]:
         """((trained weights that read the text, basis of the keep prompts' rows) or None, what was done in words).
 
-        Raises where a target has no row outside that span (every word of it is in the keep prompts)."""
+        Not applied where a target keeps less than MIN_TRAINABLE of its most distinct row outside the keep
+        prompts' span (its words are all kept, or the keep prompts fill the text space): the keep loss alone then."""
         readers = [n for n in names if ARCHITECTURES[self.denoiser.architecture].reads_text(n)]
         if not self.config.keep_projection:
             return None, "off"
@@ -280,16 +281,15 @@ class Eraser:
             return None, f"not applicable: parameter set {self.config.parameter_set!r} trains no weight reading the text"
         keep_rows = self._keep["context"].float().cpu()
         basis = keep_basis(keep_rows.flatten(0, -2))
+        span = f"the keep prompts' {basis.shape[1]} of {keep_rows.shape[-1]} text directions"
         shares = [float(outside_share(rows, basis).max()) for rows in self._bank.target["context"].float().cpu()]
-        for (target, _), share in zip(self.pairs, shares):
-            if share < MIN_TRAINABLE:
-                raise ValueError(
-                    f"nothing of {target!r} is left to erase with keep_projection on: the keep prompts' text embeddings "
-                    f"cover every word of it ({share:.1%} of its most distinct embedding row lies outside them). "
-                    "Remove keep prompts that contain all of the target's words, or turn keep_projection off")
+        (least, _), share = min(zip(self.pairs, shares), key=lambda pair_share: pair_share[1])
+        if share < MIN_TRAINABLE:
+            return None, (f"not applied: {span} leave {least!r} only {share:.0%} of its most distinct row to train "
+                          "(its words are all in the keep prompts, or they fill the text space); the keep loss "
+                          "alone protects them. Fewer or shorter keep prompts leave it room")
         spread = f"{min(shares):.0%}" + (f"-{max(shares):.0%}" if f"{min(shares):.0%}" != f"{max(shares):.0%}" else "")
-        note = (f"{len(readers)} tensors trained off the keep prompts' {basis.shape[1]} of {keep_rows.shape[-1]} text "
-                f"directions; the targets keep {spread} of their most distinct row")
+        note = f"{len(readers)} tensors trained off {span}; the targets keep {spread} of their most distinct row"
         return (readers, basis.to(self.device)), note
 
     def _latent_shape(self) -> tuple[int, int, int]:
