@@ -44,7 +44,7 @@ domain's resolution, and again with ``erase_until`` off (all ``steps``); ``--x-s
 erasure the model's own samples of the target prompts instead of the engine's anchor samples.
 The grid modes (full, guidance, quick) turn ``keep_projection`` off: they compare the losses against the
 keep loss, and with the projection every loss keeps the demos' kept prompts exactly; ``--mode defaults`` and
-``--agreement`` run with it, as the engine's defaults do (``--set keep_projection=false`` turns it off).
+``--agreement`` run the engine's default, off (``--set keep_projection=true`` turns it on).
 """
 
 from __future__ import annotations

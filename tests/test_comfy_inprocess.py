@@ -273,8 +273,8 @@ def test_keep_projection_keeps_the_keep_prompts_exactly_through_a_contextual_cli
     predict exactly as before, and the target moves (README, "keep_projection")."""
     text = "a red circle -> a red shape\nkeep: a blue square\nkeep: a green triangle"
     concepts, _ = load_concepts(pack_nodes, text)
-    erased, erasure, _ = unlearn(pack_nodes, sd15_model, sd15_clip, concepts, steps=10, learning_rate=1e-3)
-    print(erasure.metadata["keep_projection"])
+    erased, erasure, _ = unlearn(pack_nodes, sd15_model, sd15_clip, concepts, steps=10, learning_rate=1e-3,
+                                 keep_projection=True)
     assert "tensors trained off" in erasure.metadata["keep_projection"], erasure.metadata["keep_projection"]
     for prompt, changed in (("a blue square", False), ("a green triangle", False), ("a red circle", True)):
         cond = encode(sd15_clip, prompt)

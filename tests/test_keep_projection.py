@@ -62,21 +62,21 @@ def test_keep_prompts_predict_exactly_as_before_and_the_target_moves(patterns):
     text, targets, keep = pattern_prompts("dots")
     held_out = ["checks", "stripes"]  # not in the keep list; the demo's word rows do not mix words, so kept too
     before = _predictions(patterns, keep + held_out + [targets[0][0]])
-    on = erase(patterns, parse_concept_text(text), EraseConfig(resolution=RESOLUTION, steps=10, erase_until=0))
+    on = erase(patterns, parse_concept_text(text),
+               EraseConfig(resolution=RESOLUTION, steps=10, erase_until=0, keep_projection=True))
     after = _predictions(patterns, keep + held_out + [targets[0][0]], on)
     assert (after[:-1] - before[:-1]).abs().max() < 1e-4  # every keep prompt, at every x_t and t
     assert (after[-1] - before[-1]).abs().max() > 1e-2  # "small dots" changed
     assert on.metadata["keep_projection"].startswith("8 tensors trained off the keep prompts' 8 of 768")
-    off = erase(patterns, parse_concept_text(text),
-                EraseConfig(resolution=RESOLUTION, steps=10, erase_until=0, keep_projection=False))
+    off = erase(patterns, parse_concept_text(text), EraseConfig(resolution=RESOLUTION, steps=10, erase_until=0))
     assert (_predictions(patterns, keep, off) - before[: len(keep)]).abs().max() > 1e-3
-    assert off.metadata["keep_projection"] == "off"
+    assert off.metadata["keep_projection"] == "off"  # the default
 
 
 def test_a_target_whose_words_are_all_kept_falls_back_to_the_keep_loss_and_says_so(patterns):
     """Every word of "small dots" is in a keep prompt: the projection would leave nothing to train."""
     concepts = parse_concept_text("small dots -> a small pattern\nkeep: large dots\nkeep: small checks\n")
-    erasure = erase(patterns, concepts, EraseConfig(resolution=RESOLUTION, steps=2, erase_until=0))
+    erasure = erase(patterns, concepts, EraseConfig(resolution=RESOLUTION, steps=2, erase_until=0, keep_projection=True))
     assert erasure.metadata["keep_projection"].startswith("not applied: the keep prompts' 6 of 768 text directions "
                                                           "leave 'small dots' only 0% of its most distinct row")
     assert max(erasure.delta(n).abs().max().item() for n in erasure.names) > 0  # it trained, with the keep loss
@@ -86,7 +86,7 @@ def test_where_no_trained_weight_reads_the_text_it_says_so_and_with_flux_txt_in_
     """Flux's default set (the text stream's qkv) reads hidden states, not the text; its txt_in does (a LoRA)."""
     denoiser = FlowDemoDenoiser(FlowDemoModel.load())
     text, _, keep = demo_prompts("circle", "")
-    config = dict(resolution=64, sample_steps=2, steps=3, erase_until=0)
+    config = dict(resolution=64, sample_steps=2, steps=3, erase_until=0, keep_projection=True)
     kv = erase(denoiser, parse_concept_text(text), EraseConfig(**config))
     assert kv.metadata["keep_projection"].startswith("not applicable")
     before = _predictions(denoiser, keep)

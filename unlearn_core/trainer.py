@@ -135,10 +135,11 @@ class EraseConfig:
     max_keep_drift: float = setting(0.0, low=0.0, high=100.0, step=0.05, optional=True, help=(
         "Stop when a keep prompt drifts more than this (Erasure Report's drift, 0.5 = 50 %; the demos' erasures "
         "stay under 0.2) and return the state of the check before; 0 (default) = no limit."))
-    keep_projection: bool = setting(True, optional=True, help=(
+    keep_projection: bool = setting(False, optional=True, help=(
         "Train the weights that read the text (cross-attention K/V) only in directions the keep prompts' text "
-        "embeddings do not use: the keep prompts then predict exactly as before. Off = the keep loss alone "
-        "(preservation_weight). No effect without keep prompts."))
+        "embeddings do not use: the keep prompts then predict exactly as before (the erased targets may lose "
+        "more of what they share with them, e.g. their colour). Off = the keep loss alone (preservation_weight). "
+        "No effect without keep prompts."))
     critic_lr: float = 1e-4
     critic_warmup: int = 30
     log_every: int = 1  # host-device sync (loss, S, grad norm, finiteness check) every N steps
