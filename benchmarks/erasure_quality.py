@@ -42,9 +42,10 @@ patterns, each erased onto "a pattern" (``--concepts`` picks others). ``--mode d
 ``EraseConfig()`` untouched (what the engine and node default to, stopping at ``erase_until``) with the
 domain's resolution, and again with ``erase_until`` off (all ``steps``); ``--x-source latents`` gives the
 erasure the model's own samples of the target prompts instead of the engine's anchor samples.
-The grid modes (full, guidance, quick) turn ``keep_projection`` off: they compare the losses against the
-keep loss, and with the projection every loss keeps the demos' kept prompts exactly; ``--mode defaults`` and
-``--agreement`` run the engine's default, off (``--set keep_projection=true`` turns it on).
+The grid modes (full, guidance, quick) turn ``keep_projection`` off and set ``guidance_eta`` to 1.0: they
+compare the losses against the keep loss (with the projection every loss keeps the demos' kept prompts exactly),
+as the README's tables were measured; ``--mode defaults`` and ``--agreement`` run the engine's defaults
+(``--set keep_projection=false``, ``--set guidance_eta=1`` change them).
 """
 
 from __future__ import annotations
@@ -210,8 +211,9 @@ def one_run(model: torch.nn.Module, concept: str, label: str, target_mode: str, 
     bench = DIVERGENCES[label] if label.startswith("engine defaults") else dict(
         sigma=sigma, **DIVERGENCES[label], target_mode=target_mode, learning_rate=lr, steps=steps, sample_steps=10,
         erase_until=0,  # the grid scores every run at the same steps
-        keep_projection=False)  # and compares the losses against the keep loss (keep_projection keeps the demos'
-    # kept prompts exactly whatever the loss; the README's tables were measured without it)
+        keep_projection=False,  # and compares the losses against the keep loss (keep_projection keeps the demos'
+        # kept prompts exactly whatever the loss)
+        guidance_eta=1.0)  # the README's tables were measured this way, before the defaults became on and 0.5
     config = EraseConfig(**bench, seed=seed, resolution=dom.resolution, x_source=x_source)
     latents = None
     if x_source == "latents":  # the model's own samples of the target prompts, as a user would encode them

@@ -62,15 +62,18 @@ def test_keep_prompts_predict_exactly_as_before_and_the_target_moves(patterns):
     text, targets, keep = pattern_prompts("dots")
     held_out = ["checks", "stripes"]  # not in the keep list; the demo's word rows do not mix words, so kept too
     before = _predictions(patterns, keep + held_out + [targets[0][0]])
-    on = erase(patterns, parse_concept_text(text),
-               EraseConfig(resolution=RESOLUTION, steps=10, erase_until=0, keep_projection=True))
+    assert EraseConfig().keep_projection  # on by default
+    on = erase(patterns, parse_concept_text(text), EraseConfig(resolution=RESOLUTION, steps=10, erase_until=0))
     after = _predictions(patterns, keep + held_out + [targets[0][0]], on)
     assert (after[:-1] - before[:-1]).abs().max() < 1e-4  # every keep prompt, at every x_t and t
     assert (after[-1] - before[-1]).abs().max() > 1e-2  # "small dots" changed
     assert on.metadata["keep_projection"].startswith("8 tensors trained off the keep prompts' 8 of 768")
-    off = erase(patterns, parse_concept_text(text), EraseConfig(resolution=RESOLUTION, steps=10, erase_until=0))
+    off = erase(patterns, parse_concept_text(text),
+                EraseConfig(resolution=RESOLUTION, steps=10, erase_until=0, keep_projection=False))
     assert (_predictions(patterns, keep, off) - before[: len(keep)]).abs().max() > 1e-3
-    assert off.metadata["keep_projection"] == "off"  # the default
+    assert off.metadata["keep_projection"] == "off"
+    # guidance_eta auto: 0.5 where the projection is applied (its target words would overshoot at 1), else ESD's 1
+    assert (on.metadata["config"]["guidance_eta"], off.metadata["config"]["guidance_eta"]) == (0.5, 1.0)
 
 
 def test_a_target_whose_words_are_all_kept_falls_back_to_the_keep_loss_and_says_so(patterns):

@@ -91,20 +91,20 @@ def _erase_and_read(model, clf, concept: str, **settings) -> tuple[float, float,
         return before, _shows(model, clf, targets, concept), kept_before, _own_pattern(model, clf, keep)
 
 
-def test_engine_defaults_erase_a_pattern_onto_the_superclass(model, clf):
-    """Quick (CI): the engine's defaults untouched, chosen on the shapes demo (60 steps), erase grid and keep the
-    other patterns (README: 100 % of 32 images gone, in-domain 0). Not dots: there they turn small checks into dots."""
-    before, after, kept_before, kept_after = _erase_and_read(model, clf, "grid")
-    assert before >= 0.8 and after <= before - 0.35, (before, after)
-    assert kept_after >= kept_before - 0.1, (kept_before, kept_after)
-
-
-def test_keep_projection_erases_dots_and_keeps_the_neighbouring_checks(model, clf):
-    """Quick (CI): with keep_projection the defaults erase dots and the kept patterns stay (README: 100 % gone,
-    in-domain 0; without it every "small checks" image became dots, -15.6)."""
-    before, after, kept_before, kept_after = _erase_and_read(model, clf, "dots", keep_projection=True)
+def test_engine_defaults_erase_dots_and_keep_the_neighbouring_checks(model, clf):
+    """Quick (CI): the engine's defaults untouched, chosen on the shapes demo (60 steps), erase dots, the pattern
+    whose neighbours suffer most, and the kept patterns stay (README: 97 % of the ceiling gone, in-domain 0.0).
+    With keep_projection off every "small checks" image became dots (in-domain -15.6)."""
+    before, after, kept_before, kept_after = _erase_and_read(model, clf, "dots")
     assert before >= 0.8 and after <= before - 0.35, (before, after)
     assert kept_after >= kept_before - 0.04, (kept_before, kept_after)  # one image of 24
+
+
+def test_the_keep_loss_alone_still_erases_a_pattern(model, clf):
+    """Quick (CI): keep_projection off (the keep loss alone) erases grid and keeps the other patterns."""
+    before, after, kept_before, kept_after = _erase_and_read(model, clf, "grid", keep_projection=False)
+    assert before >= 0.8 and after <= before - 0.35, (before, after)
+    assert kept_after >= kept_before - 0.1, (kept_before, kept_after)
 
 
 def test_engine_anchor_pool_stays_in_the_pixel_range(model):
