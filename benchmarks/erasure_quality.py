@@ -213,7 +213,7 @@ def one_run(model: torch.nn.Module, concept: str, label: str, target_mode: str, 
         erase_until=0,  # the grid scores every run at the same steps
         keep_projection=False,  # and compares the losses against the keep loss (keep_projection keeps the demos'
         # kept prompts exactly whatever the loss)
-        guidance_eta=1.0)  # the README's tables were measured this way, before the defaults became on and 0.5
+        guidance_eta=1.0)  # as the README's tables were measured (before the projection and eta auto were defaults)
     config = EraseConfig(**bench, seed=seed, resolution=dom.resolution, x_source=x_source)
     latents = None
     if x_source == "latents":  # the model's own samples of the target prompts, as a user would encode them

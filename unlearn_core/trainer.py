@@ -175,9 +175,9 @@ class StepInfo:
 
 SIGMA_CALIBRATION_BATCHES = 4
 PROBES_PER_PAIR = 4  # probes of erase_until / max_keep_drift, per prompt pair (was 2)
-# guidance_eta -1 (auto), by whether keep_projection is applied: with it only the target's own words move, and
-# at ESD's 1.0 they overshoot (the demo job's erased circles' colour 100 -> 92 %); without it, ESD's 1.0
-AUTO_ETA = {True: 0.5, False: 1.0}
+# guidance_eta -1 (auto) where keep_projection is applied: only the target's own words move, and at ESD's 1.0 they
+# overshoot (the demo job's erased circles' colour 100 -> 92 %); where it is not, auto is ESD's 1.0
+PROJECTED_ETA = 0.5
 
 
 @dataclass
@@ -322,7 +322,7 @@ class Eraser:
                                     self.user_latents,
                                     on_step=lambda i, n: self.callback(StepInfo("sampling", i, n)))
         self._projection, self.projection_note = self._keep_projection(names)
-        self.eta = cfg.guidance_eta if cfg.guidance_eta >= 0 else AUTO_ETA[self._projection is not None]
+        self.eta = cfg.guidance_eta if cfg.guidance_eta >= 0 else (PROJECTED_ETA if self._projection else 1.0)
         if self._projection:
             deltas.project_inputs_(*self._projection)
         self._injection = DeltaInjection(self.denoiser.net, names, deltas.delta_of, fp8_compute=self.dtype)
