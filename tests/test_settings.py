@@ -3,7 +3,9 @@ workflows and the benchmark follow it, and a test here fails when one of them dr
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 
 import pytest
 
@@ -98,3 +100,54 @@ def test_a_workflow_saved_before_the_erase_until_settings_still_queues_the_same(
     node["widgets_values"] = node["widgets_values"][:-appended]  # as saved before those widgets existed
     twin = json.loads((API_WORKFLOWS / "erase_then_generate.json").read_text())
     assert ui_to_api(ui, comfy.NODE_CLASS_MAPPINGS) == twin
+
+
+COMMANDS = [["unlearn_core", "erase"], ["unlearn_core", "generate"], ["unlearn_core"], ["unlearn_demo"],
+            ["unlearn_demo", "run"], ["unlearn_demo", "train"], ["unlearn_demo", "assemble"],
+            ["unlearn_demo", "toy-pipeline"], ["unlearn_demo.train_patterns"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_prints_its_help(command):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", *command, "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage" in done.stdout.lower() and "Traceback" not in done.stderr
+
+
+BAD_SETTINGS = [("guidance_eta", -0.5, "0 .. 10, or -1 (auto)"), ("lora_rank", -2, "0 .. 256, or -1 (auto)"),
+                ("steps", 0, "1 .. 100000"), ("learning_rate", float("nan"), "finite number"),
+                ("divergence", "kl_x", "not one of")]
+
+
+@pytest.mark.parametrize(("name", "value", "says"), BAD_SETTINGS, ids=[b[0] for b in BAD_SETTINGS])
+def test_a_bad_setting_fails_the_same_way_in_cli_trainer_and_main_job(name, value, says):
+    from dataclasses import replace
+
+    from unlearn_core.cli import main as cli
+    from unlearn_core.settings import check
+    from unlearn_demo.main_job import ERASE_FLAGS, check_options
+
+    with pytest.raises(ValueError) as error:
+        check(replace(EraseConfig(), **{name: value}))
+    message = str(error.value)
+    assert message.startswith(f"{name} = ") and says in message
+    flag = "--" + name.replace("_", "-")
+    with pytest.raises(SystemExit) if name == "divergence" else contextlib.nullcontext():  # argparse's own choices
+        assert cli(["erase", "--pipeline", "missing", "--concepts", "a -> b", "--out", "o.safetensors", flag,
+                    str(value)]) == 2  # refused before the (missing) pipeline is read
+    if name in ERASE_FLAGS and name != "divergence":
+        with pytest.raises(ValueError, match=re.escape(message)):
+            check_options(replace(JobOptions(), **{name: value}))
+
+
+def test_auto_values_pass_and_reach_the_widgets():
+    from dataclasses import replace
+
+    from unlearn_core.settings import check, node_inputs
+
+    check(replace(EraseConfig(), guidance_eta=-1.0, lora_rank=-1, sigma=0.0))
+    widgets = node_inputs(EraseConfig)
+    assert widgets["guidance_eta"][1]["min"] == -1.0 and widgets["lora_rank"][1]["min"] == -1

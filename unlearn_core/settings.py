@@ -1,17 +1,19 @@
 """One declaration of the user-facing erase settings, from which the node's inputs and the CLI are built.
 
 A setting is a field of :class:`unlearn_core.trainer.EraseConfig` declared with :func:`setting` (its
-default, help text, range or choices). The node's widgets are those fields in declaration order (saved
+default, help text, range or choices, and the value that means "auto" where there is one). The node's widgets are those fields in declaration order (saved
 workflows store widget values by position: append new settings, as optional inputs so that saved API
 prompts still validate, never reorder), and ``erase``'s
 command-line options are the same fields as ``--dashed-names``. Fields declared without
-:func:`setting` are engine-only.
+:func:`setting` are engine-only. :func:`check` validates a config against the declaration: the trainer
+calls it, so the node, the CLI and the main job refuse a bad value with the same message.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -31,14 +33,38 @@ class Setting:
     step: float | None = None
     aliases: tuple[str, ...] = ()  # extra CLI spellings
     optional: bool = False  # an optional node input: API prompts saved before it existed still validate
+    auto: Any = None  # the value that means "auto", where it lies outside [low, high]
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with ``value`` for this setting, naming the setting and what it accepts; None if nothing."""
+        if self.kind is bool:
+            ok = isinstance(value, bool)
+        elif self.kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        else:
+            ok = isinstance(value, self.kind) and not isinstance(value, bool)
+        if not ok:
+            return f"{self.name} = {value!r}: expected {'a finite number' if self.kind is float else self.kind.__name__}"
+        if self.choices is not None and value not in self.choices:
+            return f"{self.name} = {value!r} is not one of: {', '.join(map(str, self.choices))}"
+        if self.auto is not None and value == self.auto:
+            return None
+        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+            auto = f", or {self.auto:g} (auto)" if self.auto is not None else ""
+            return f"{self.name} = {value!r} is out of range: {self.low:g} .. {self.high:g}{auto}"
+        return None
 
 
 def setting(default: Any, help: str, *, choices: Sequence[str] | Callable[[], Sequence[str]] | None = None,
             low: float | None = None, high: float | None = None, step: float | None = None, name: str | None = None,
-            aliases: tuple[str, ...] = (), optional: bool = False) -> Any:
+            aliases: tuple[str, ...] = (), optional: bool = False, auto: Any = None) -> Any:
     """A dataclass field that is also a user-facing setting (see the module docstring)."""
     meta = dict(help=help, choices=choices, low=low, high=high, step=step, name=name, aliases=aliases,
-                optional=optional)
+                optional=optional, auto=auto)
     return dataclasses.field(default=default, metadata={"setting": meta})
 
 
@@ -53,8 +79,15 @@ def declared(config_cls: type) -> list[Setting]:
         out.append(Setting(field=f.name, name=meta["name"] or f.name, kind=type(f.default), default=f.default,
                            help=meta["help"], choices=list(choices) if choices is not None else None,
                            low=meta["low"], high=meta["high"], step=meta["step"], aliases=meta["aliases"],
-                           optional=meta["optional"]))
+                           optional=meta["optional"], auto=meta["auto"]))
     return out
+
+
+def check(config: Any) -> None:
+    """Raise ValueError naming every declared setting of ``config`` whose value is not accepted, and its range."""
+    problems = [p for s in declared(type(config)) if (p := s.problem(getattr(config, s.field))) is not None]
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 def defaults(config_cls: type) -> dict[str, Any]:
@@ -70,7 +103,8 @@ def node_inputs(config_cls: type, optional: bool = False) -> dict[str, tuple]:
         if s.optional != optional:
             continue
         options: dict[str, Any] = {"default": s.default, "tooltip": s.help}
-        options.update({k: v for k, v in (("min", s.low), ("max", s.high), ("step", s.step)) if v is not None})
+        low = s.low if s.auto is None or s.low is None else min(s.low, s.auto)  # the widget reaches "auto" too
+        options.update({k: v for k, v in (("min", low), ("max", s.high), ("step", s.step)) if v is not None})
         if s.kind is float:
             options["round"] = False
         inputs[s.name] = (s.choices if s.choices is not None else _KIND[s.kind], options)
@@ -87,13 +121,13 @@ def config_from_inputs(config_cls: type, values: dict[str, Any], **extra: Any):
 def add_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
     """One ``--option`` per setting, with the declared default, range in the help, and choices."""
     for s in declared(config_cls):
-        flag = "--" + s.name.replace("_", "-")
         dest = dict(dest=s.name)
+        text = s.help.replace("%", "%%")  # argparse formats help strings with %
         if s.kind is bool:
-            parser.add_argument(flag, *s.aliases, action=argparse.BooleanOptionalAction, default=s.default,
-                                help=s.help, **dest)
+            parser.add_argument(s.flag, *s.aliases, action=argparse.BooleanOptionalAction, default=s.default,
+                                help=text, **dest)
             continue
         bounds = f" [{s.low:g} .. {s.high:g}]" if s.low is not None and s.high is not None else ""
-        parser.add_argument(flag, *s.aliases, type=s.kind, default=s.default, choices=s.choices,
-                            help=f"{s.help}{bounds} (default: %(default)s)", **dest)
+        parser.add_argument(s.flag, *s.aliases, type=s.kind, default=s.default, choices=s.choices,
+                            help=f"{text}{bounds} (default: %(default)s)", **dest)
 

@@ -104,11 +104,12 @@ def demo_prompts(concept: str, anchor: str) -> tuple[str, list[tuple[str, str]],
     return "\n".join(lines) + "\n", [(t, concept) for t in targets], keep
 
 
-# option -> (command-line flag, smallest, largest): the erase settings' ranges come from their declaration
-_ERASE_FLAGS = {"steps": "--steps", "learning_rate": "--lr", "alpha": "--alpha", "resolution": "--resolution"}
-RANGES = {s.field: (_ERASE_FLAGS[s.field], s.low, s.high) for s in declared(EraseConfig) if s.field in _ERASE_FLAGS}
-RANGES.update({"seeds": ("--seeds", 1, 4096), "sample_steps": ("--sample-steps", 1, 10000),
-               "cfg": ("--cfg", 0.0, 100.0), "seed": ("--seed", 0, 0xFFFFFFFF)})
+# the job's options that are erase settings, by their flag here; the declaration checks them (settings.check)
+ERASE_FLAGS = {"divergence": "--divergence", "alpha": "--alpha", "target_mode": "--target-mode", "steps": "--steps",
+               "learning_rate": "--lr", "resolution": "--resolution"}
+# the job's own options -> (command-line flag, smallest, largest)
+RANGES = {"seeds": ("--seeds", 1, 4096), "sample_steps": ("--sample-steps", 1, 10000), "cfg": ("--cfg", 0.0, 100.0),
+          "seed": ("--seed", 0, 0xFFFFFFFF)}
 QUICK = {"steps": 10, "seeds": 1, "sample_steps": 4}  # --quick: every node of the graph, a fraction of the work
 # --family -> the images' (sampler, scheduler): DDIM for the UNet; Euler, flow matching's own, for the transformer
 FAMILIES = {"sd": ("ddim", "ddim_uniform"), "flux": ("euler", "simple")}
@@ -125,12 +126,10 @@ def default_steps(family: str) -> int:
 
 def check_options(opts: JobOptions) -> None:
     """Raise ValueError naming the first bad option and what it accepts; nothing has started yet."""
-    if opts.divergence not in divergence_names():
-        raise ValueError(f"--divergence {opts.divergence!r} is not a divergence; choose one of: "
-                         f"{', '.join(divergence_names())}")
-    if opts.target_mode not in TARGET_MODES:
-        raise ValueError(f"--target-mode {opts.target_mode!r} is not a target mode; choose one of: "
-                         f"{', '.join(TARGET_MODES)}")
+    for s in declared(EraseConfig):
+        problem = s.problem(getattr(opts, s.field)) if s.field in ERASE_FLAGS else None
+        if problem:
+            raise ValueError(f"{ERASE_FLAGS[s.field]}: {problem}")
     for name, (flag, low, high) in RANGES.items():
         value = getattr(opts, name)
         if not (math.isfinite(value) and low <= value <= high):
