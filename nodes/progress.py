@@ -15,11 +15,11 @@ from ..unlearn_core.trainer import StepInfo
 from .host import HAS_V3_API
 
 
-def loss_chart(history: list[StepInfo], title: str) -> Image.Image:
-    """The loss, S and gradient norm of the training steps so far, one panel each."""
+def loss_chart(history: list[StepInfo], title: str, warning: str = "") -> Image.Image:
+    """The loss, S and gradient norm of the training steps so far, one panel each; ``warning`` in red."""
     return line_chart({"loss": [h.loss for h in history], "S (target vs frozen target)": [h.mean_s for h in history],
                        "gradient norm": [h.grad_norm for h in history],
-                       "moved onto anchor (checks)": [h.moved for h in history]}, title)
+                       "moved onto anchor (checks)": [h.moved for h in history]}, title, warning=warning)
 
 
 class TrainingProgress:

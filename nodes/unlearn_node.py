@@ -7,7 +7,7 @@ import traceback
 import torch
 
 from ..unlearn_core.settings import config_from_inputs, node_inputs
-from ..unlearn_core.trainer import LEGACY_PRECISIONS, PRECISIONS, EraseConfig, Eraser
+from ..unlearn_core.trainer import LEGACY_PRECISIONS, PRECISIONS, EraseConfig, Eraser, Stop
 from .comfy_adapter import ComfyDenoiser, apply_erasure, training_compatible
 from .images import to_image_tensor
 from .progress import TrainingProgress, loss_chart
@@ -62,8 +62,10 @@ class DivergenceUnlearn:
         meta = erasure.metadata
         print(f"[Divergence Unlearn] done in {meta['seconds']:.1f} s: {meta['stopped']}; keep projection: "
               f"{meta['keep_projection']}")
-        chart = loss_chart(progress.history, f"{config.divergence}, {progress.history[-1].step} steps, "
-                                             f"{meta['seconds']:.1f} s: {meta['stopped']}")
+        capped = meta["stop"] == Stop.CAP
+        title = f"{config.divergence}, {progress.history[-1].step} steps, {meta['seconds']:.1f} s"
+        chart = loss_chart(progress.history, title if capped else f"{title}: {meta['stopped']}",
+                           warning=meta["stopped"] if capped else "")
         return (apply_erasure(model, erasure, 1.0), erasure, to_image_tensor(chart))
 
 

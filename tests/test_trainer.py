@@ -12,7 +12,7 @@ from unlearn_core.adapters.diffusers_sd import DiffusersDenoiser
 from unlearn_core.concepts import parse_concept_text
 from unlearn_core.erasure import Erasure, ErasureError
 from unlearn_core.report import measure
-from unlearn_core.trainer import EraseConfig, Eraser, ErasureDiverged, divergence_names, erase
+from unlearn_core.trainer import EraseConfig, Stop as StopReason, Eraser, ErasureDiverged, divergence_names, erase
 
 CONCEPTS = parse_concept_text("a red circle -> a red shape\nkeep: a blue square\nkeep: a green triangle")
 QUICK = dict(resolution=64, num_samples=4, sample_steps=4, batch_size=2, erase_until=0,
@@ -86,15 +86,15 @@ def test_user_latents_source_and_channel_check(denoiser):
 
 
 def test_divergence_stops_with_clear_error(denoiser):
-    cfg = EraseConfig(divergence="mse", learning_rate=1e30, max_grad_norm=0, steps=5, **QUICK)
+    cfg = EraseConfig(divergence="mse", sigma=1e-30, max_grad_norm=0, steps=5, **QUICK)  # r = S/sigma^2 overflows
     with pytest.raises(ErasureDiverged, match="lower the learning rate"):
         erase(denoiser, CONCEPTS, cfg)
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("divergence", "nope", "valid names"), ("target_mode", "x", "unknown target mode"),
-    ("parameter_set", "x", "unknown parameter set"), ("resolution", 60, "multiple of 8"),
-    ("steps", 0, "at least 1"), ("precision", "fp8", "unknown precision"),
+    ("divergence", "nope", "divergence = 'nope' is not one of"), ("target_mode", "x", "target_mode = 'x' is not one of"),
+    ("parameter_set", "x", "parameter_set = 'x' is not one of"), ("resolution", 60, "multiple of 8"),
+    ("steps", 0, r"steps = 0 is out of range: 1 \.\. 100000"), ("precision", "fp8", "precision = 'fp8' is not one of"),
 ])
 def test_bad_config_is_a_clear_error(denoiser, field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -252,9 +252,10 @@ def test_erase_until_reads_moved_for_the_anchor_modes_and_progress_for_negative_
     erasure = erase(denoiser, CONCEPTS, config, callback=lambda c: ng.append(c) if math.isfinite(c.progress) else 0)
     assert [c.step for c in ng] == [5, 10] and all(c.erased == c.progress for c in ng)
     assert ng[-1].progress != pytest.approx(ng[-1].moved)  # measured against its own aim, not the anchor
+    assert erasure.metadata["stop"] == StopReason.CAP  # erase_until was set and not reached: a warning, not success
     assert erasure.metadata["stopped"] == (
-        "ran all 10 steps (every target at least {:.0%} of the way to the negative_guidance aim)".format(
-            erasure.metadata["history"][-1][7]))
+        "WARNING: erase_until 500% not reached in 10 steps (every target at least {:.0%} of the way to the "
+        "negative_guidance aim): the targets may not be erased; raise steps".format(erasure.metadata["history"][-1][7]))
 
 
 def test_keep_drift_limit_returns_the_best_state_seen(denoiser):

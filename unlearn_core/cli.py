@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from .concepts import ConceptSetError, load_concept_file, parse_concept_text
-from .settings import add_arguments, config_from_inputs
-from .trainer import EraseConfig, StepInfo, erase
+from .settings import add_arguments, check, config_from_inputs
+from .trainer import EraseConfig, StepInfo, Stop, erase
 
 
 def _concepts(value: str):
@@ -47,13 +47,16 @@ def cmd_erase(args) -> int:
     if args.x_source == "latents":
         raise ValueError("--x-source latents needs your own latents, which the command line does not take: "
                          "use anchor_samples or trajectory")
-    concepts = _concepts(args.concepts)
     config = config_from_inputs(EraseConfig, vars(args))
+    check(config)  # before the pipeline loads: the same message as the node's and the main job's
+    concepts = _concepts(args.concepts)
     denoiser, _ = DiffusersDenoiser.from_folder(args.pipeline, device=args.device)
     erasure = erase(denoiser, concepts, config, callback=_progress)
     path = erasure.save(args.out)
     report = measure(denoiser, erasure, concepts, resolution=args.resolution)
     print(report.text())
+    if erasure.metadata["stop"] == Stop.CAP:
+        print(erasure.metadata["stopped"], file=sys.stderr)
     print(f"erasure written to {path} ({erasure.metadata['seconds']:.1f} s; {erasure.metadata['stopped']}; "
           f"keep projection: {erasure.metadata['keep_projection']})")
     if args.report_json:

@@ -185,6 +185,7 @@ class _Damage(Exception):
 FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "library": str, "version": str, "family": str, "key_format": str, "prediction_type": str, "fingerprint": str,
     "concepts": dict, "config": dict, "low_rank": dict, "seconds": (int, float, type(None)), "history": list,
+    "stop": str,
 }
 """Types of the metadata fields the pack writes (``names`` and ``shapes`` are checked on their own)."""
 

@@ -70,14 +70,18 @@ class WeightDeltas(nn.Module):
         return (self.alpha / up.shape[1]) * (up @ down).view(self.shapes[self.names[index]])
 
     @torch.no_grad()
-    def project_inputs_(self, names: list[str], basis: Tensor) -> None:
-        """Make the updates of the layers' tensors ``names`` blind to span(basis) on their input side, in place.
+    def project_inputs_(self, names: list[str], basis: Tensor, grads: bool = False) -> None:
+        """Make the updates of the layers' tensors ``names`` (or, with ``grads``, their gradients) blind to
+        span(basis) on their input side, in place.
 
         A LoRA's ``down`` is projected, (up @ down) U = up @ (down U); a bias, which adds to every row the layer
         reads, is held at zero."""
         for name in names:
             key = str(self._index[name])
             tensor = self.full[key] if key in self.full else self.down[key]
+            tensor = tensor.grad if grads else tensor
+            if tensor is None:
+                continue
             if tensor.dim() == 1:
                 tensor.zero_()
             else:

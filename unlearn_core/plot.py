@@ -14,15 +14,20 @@ LINE_HEIGHT = 12
 DIVIDER_WIDTH = 4  # pixels of the bar between column groups in comparison grids
 
 
-def line_chart(series: dict[str, list[float]], title: str, width: int = 640, height: int = 360) -> Image.Image:
-    """One panel per series (own y-range), sharing the x axis (step)."""
+def line_chart(series: dict[str, list[float]], title: str, width: int = 640, height: int = 360,
+               warning: str = "") -> Image.Image:
+    """One panel per series (own y-range), sharing the x axis (step); ``warning`` in red under the title."""
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
     draw.text((10, 4), title, fill="black")
+    warned = textwrap.wrap(warning, width=(width - 20) // 6)
+    for j, line in enumerate(warned):
+        draw.text((10, 4 + LINE_HEIGHT * (j + 1)), line, fill=(200, 0, 0))
+    head = 24 + LINE_HEIGHT * len(warned)
     panels = [(k, [v for v in vals if math.isfinite(v)]) for k, vals in series.items()]
-    panel_h = (height - 24) // max(1, len(panels))
+    panel_h = (height - head) // max(1, len(panels))
     for i, (name, vals) in enumerate(panels):
-        top = 24 + i * panel_h
+        top = head + i * panel_h
         box = (50, top + 14, width - 10, top + panel_h - 8)
         draw.rectangle(box, outline=(180, 180, 180))
         if not vals:

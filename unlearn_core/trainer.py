@@ -19,6 +19,7 @@ import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, replace
+from enum import Enum
 from typing import Callable
 
 import torch
@@ -44,7 +45,7 @@ from .architectures import ARCHITECTURES, PARAMETER_SET_NAMES
 from .parameters import WeightDeltas, select_parameters
 from .report import Probes, encode_all
 from .samples import X_SOURCES, build_pool
-from .settings import setting
+from .settings import check, setting
 from .targets import TARGET_MODES, PromptBank, TargetMode
 
 VARIATIONAL_PREFIX = "variational_"
@@ -88,7 +89,7 @@ class EraseConfig:
         "anchor: become the anchor (Concept Ablation / f-DMU); negative_guidance: move away from the target (ESD); "
         "anchor_guidance: become the anchor minus what makes the target differ from it (when the anchor can still "
         "show the target, e.g. circle -> shape)."))
-    guidance_eta: float = setting(-1.0, low=-1.0, high=10.0, step=0.1, help=(
+    guidance_eta: float = setting(-1.0, low=0.0, high=10.0, step=0.1, auto=-1.0, help=(
         "Strength of negative_guidance / anchor_guidance (ESD's eta). -1 = auto: 0.5 where keep_projection is "
         "applied (only the target's own words move, and at 1.0 they overshoot: the demo's erased circles lost some "
         "colour), 1.0 (ESD's) where it is not."))
@@ -100,7 +101,7 @@ class EraseConfig:
         "text-embedding input layer (Flux, SD3 only); full."))
     lora_rank: int = setting(-1, "-1 = auto: full weight updates on SD1.x/SD2.x/SDXL UNets, a rank-16 LoRA on Flux "
                                  "and SD3 (a full update of Flux's text-stream qkv is 540M numbers); 0 trains full "
-                                 "weight updates; >0 trains a LoRA of this rank.", low=-1, high=256)
+                                 "weight updates; >0 trains a LoRA of this rank.", low=0, high=256, auto=-1)
     steps: int = setting(60, "Optimiser steps.", low=1, high=100000)
     learning_rate: float = setting(5e-4, "AdamW learning rate.", low=1e-8, high=1.0, step=1e-6, aliases=("--lr",))
     batch_size: int = setting(4, "Prompt pairs per step.", low=1, high=64)
@@ -173,6 +174,15 @@ class StepInfo:
                 f"({self.progress:.0%} of the way to the mode's aim); largest keep drift {self.drift:.0%}")
 
 
+class Stop(str, Enum):
+    """Why an erasure ended (the metadata's ``stop``); only CAP means it did not reach what it was asked."""
+
+    ERASED = "erase_until"  # every target reached erase_until
+    CAP = "steps_cap"  # erase_until was set, and the steps ran out before it was reached: a warning
+    STEPS = "steps"  # erase_until 0: it ran the steps asked for
+    KEEP_DRIFT = "max_keep_drift"  # a keep prompt drifted past max_keep_drift; the state before was returned
+
+
 SIGMA_CALIBRATION_BATCHES = 4
 PROBES_PER_PAIR = 4  # probes of erase_until / max_keep_drift, per prompt pair (was 2)
 # guidance_eta -1 (auto) where keep_projection is applied: only the target's own words move, and at ESD's 1.0 they
@@ -194,20 +204,15 @@ class ErasureDiverged(RuntimeError):
 
 
 def _check_config(config: EraseConfig) -> None:
-    if config.target_mode not in TARGET_MODES:
-        raise ValueError(f"unknown target mode {config.target_mode!r}; choose one of {', '.join(TARGET_MODES)}")
-    if config.precision not in PRECISIONS and config.precision not in LEGACY_PRECISIONS:
-        raise ValueError(f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    """The declared settings against their declaration (``settings.check``), then the engine-only ones."""
+    check(config)
     if config.timestep_weight not in ("none", "kl"):
         raise ValueError("timestep_weight must be 'none' or 'kl'")
-    for name in ("steps", "batch_size", "grad_accumulation", "resolution", "num_samples", "sample_steps", "log_every",
-                 "check_every"):
+    for name in ("grad_accumulation", "log_every"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be at least 1, got {getattr(config, name)}")
     if config.resolution % 8:
-        raise ValueError(f"resolution must be a multiple of 8 pixels, got {config.resolution}")
-    if config.sigma < 0 or config.learning_rate <= 0:
-        raise ValueError("sigma must be positive (or 0 = auto) and learning_rate positive")
+        raise ValueError(f"resolution = {config.resolution} must be a multiple of 8 pixels (latents are 1/8 of it)")
 
 
 class Eraser:
@@ -215,6 +220,7 @@ class Eraser:
 
     def __init__(self, denoiser: Denoiser, concepts: ConceptSet, config: EraseConfig,
                  user_latents: Tensor | None = None, callback: Callable[[StepInfo], None] | None = None):
+        config = replace(config, precision=LEGACY_PRECISIONS.get(config.precision, config.precision))
         _check_config(config)
         self.denoiser = denoiser
         self.concepts = concepts
@@ -375,6 +381,7 @@ class Eraser:
         history: list[StepInfo] = []
         mode = TARGET_MODES[cfg.target_mode]
         best = Checkpoint(0, 0.0, self._snapshot(deltas))
+        self.stop = Stop.CAP if cfg.erase_until > 0 else Stop.STEPS
         self.stop_reason = f"ran all {cfg.steps} steps"
         for step in range(1, cfg.steps + 1):
             sums = torch.zeros(3, device=self.device)  # loss, S, keep S
@@ -399,6 +406,8 @@ class Eraser:
                 scaler.scale(loss / cfg.grad_accumulation).backward()
                 sums += torch.stack([loss.detach(), s.detach().mean(), s_keep.detach()]) / cfg.grad_accumulation
             scaler.unscale_(optimizer)  # clip and log the true gradients
+            if self._projection:  # before the step: Adam's moments then hold only the directions it may move
+                deltas.project_inputs_(*self._projection, grads=True)
             if cfg.max_grad_norm > 0:
                 grad_norm = torch.nn.utils.clip_grad_norm_(deltas.parameters(), cfg.max_grad_norm)
             else:
@@ -431,6 +440,7 @@ class Eraser:
                 self.callback(info)
                 if check and cfg.max_keep_drift > 0 and info.drift > cfg.max_keep_drift:
                     deltas.load_state_dict(best.state)
+                    self.stop = Stop.KEEP_DRIFT
                     self.stop_reason = (f"keep drift {info.drift:.0%} passed max_keep_drift {cfg.max_keep_drift:.0%} "
                                         f"at step {step}: returned the state of step {best.step} "
                                         f"({_erased_text(best.erased, mode)})")
@@ -438,10 +448,14 @@ class Eraser:
                 if check:
                     best = Checkpoint(step, info.erased, self._snapshot(deltas))
                 if check and cfg.erase_until > 0 and info.erased >= cfg.erase_until:
+                    self.stop = Stop.ERASED
                     self.stop_reason = (f"erase_until {cfg.erase_until:.0%} reached at step {step} "
                                         f"({_erased_text(info.erased, mode)})")
                     break
-        if self._probes is not None and self.stop_reason == f"ran all {cfg.steps} steps":  # the last step was a check
+        if self.stop == Stop.CAP:
+            self.stop_reason = (f"WARNING: erase_until {cfg.erase_until:.0%} not reached in {cfg.steps} steps "
+                                f"({_erased_text(best.erased, mode)}): the targets may not be erased; raise steps")
+        elif self.stop == Stop.STEPS and self._probes is not None:  # the last step was a check
             self.stop_reason += f" ({_erased_text(best.erased, mode)})"
         return history
 
@@ -502,6 +516,7 @@ class Eraser:
             history=[[h.step, h.loss, h.mean_s, h.keep_s, h.grad_norm, h.moved, h.drift, h.progress]
                      for h in history],
             stopped=self.stop_reason,
+            stop=self.stop.value,
             keep_projection=self.projection_note,
         )
         return erasure

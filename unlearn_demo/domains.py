@@ -3,7 +3,9 @@
 ``DOMAINS["shapes"]`` is the demo model (coloured shapes, SD1.5 schedule, TAESD-style latents);
 ``DOMAINS["patterns"]`` the second domain (grey patterns, cosine schedule, pixel space). Each names its
 two scored attributes, its concepts, its model, engine adapter, classifier and erasure prompts.
-``DOMAINS["flow"]`` is the shapes domain drawn by the flow demo model (a small rectified-flow transformer
+``DOMAINS["contextual"]`` is the pattern domain drawn by the same UNet with a contextual text encoder (a small
+causal transformer, :mod:`unlearn_demo.contextual_text`) instead of word rows: every conditioning row mixes the
+words before it, as CLIP's do; the pattern classifier reads it. ``DOMAINS["flow"]`` is the shapes domain drawn by the flow demo model (a small rectified-flow transformer
 in Flux's layout), read by the demo's classifier.
 """
 
@@ -20,7 +22,8 @@ from unlearn_core.denoiser import Denoiser
 from .classifier import AttributeClassifier
 from .flow_model import FlowDemoDenoiser, FlowDemoModel
 from .model import WEIGHTS, DemoDenoiser, DemoModel, load_classifier
-from .pattern_model import PATTERN_WEIGHTS, RESOLUTION, PatternDenoiser, PatternModel, pattern_prompts
+from .pattern_model import (CONTEXTUAL_WEIGHTS, PATTERN_WEIGHTS, RESOLUTION, PatternDenoiser, PatternModel,
+                            pattern_prompts)
 from .patterns import PATTERNS, SCALES
 from .shapes import COLORS, SHAPES
 
@@ -68,6 +71,9 @@ DOMAINS = {
     "patterns": Domain("patterns", {"pattern": PATTERNS, "scale": SCALES}, RESOLUTION, PATTERN_WEIGHTS,
                        PatternModel.load, PatternDenoiser, pattern_prompts,
                        lambda model, prompts, seed: model.sample_latents(prompts, seed=seed)),
+    "contextual": Domain("contextual", {"pattern": PATTERNS, "scale": SCALES}, RESOLUTION, PATTERN_WEIGHTS,
+                         lambda: PatternModel.load(CONTEXTUAL_WEIGHTS), PatternDenoiser, pattern_prompts,
+                         lambda model, prompts, seed: model.sample_latents(prompts, seed=seed)),
     "flow": Domain("flow", {"shape": SHAPES, "color": COLORS}, 64, WEIGHTS, FlowDemoModel.load, FlowDemoDenoiser,
                    _shape_prompts, lambda model, prompts, seed: model.sample_latents(prompts, seed=seed)),
 }

@@ -28,6 +28,11 @@ WEIGHTS = Path(__file__).resolve().parent / "weights"
 LATENT_SIZE = 8  # 64-pixel images
 
 
+def save_words(words: WordEncoder, folder: Path) -> None:
+    """The text encoder as ``words.safetensors`` with what rebuilds it (its token ids, and its layout if contextual)."""
+    _save(words, folder / "words.safetensors", {"token_ids": words.token_ids, **getattr(words, "config", {})})
+
+
 def _save(module: nn.Module, path: Path, meta: dict) -> None:
     """Floating tensors as fp16 (the assembled checkpoint is fp16, so both compute the same), atomically."""
     state = {k: (v.half() if v.is_floating_point() else v).detach().cpu().contiguous()
@@ -43,7 +48,8 @@ def _load(path: Path) -> tuple[dict[str, Tensor], dict]:
 
 
 def load_unet_and_words(folder: Path, parts: tuple[str, ...], train_command: str) -> tuple[SlimUNet, WordEncoder]:
-    """The slim UNet and word rows saved in ``folder``, after checking that every file of ``parts`` is there."""
+    """The slim UNet and text encoder saved in ``folder`` (word rows, or the contextual encoder where the file says
+    so), after checking that every file of ``parts`` is there."""
     missing = [n for n in parts if not (folder / f"{n}.safetensors").is_file()]
     if missing:
         raise FileNotFoundError(f"weights {missing} missing in {folder}: train them with `{train_command}`")
@@ -51,7 +57,12 @@ def load_unet_and_words(folder: Path, parts: tuple[str, ...], train_command: str
     unet = SlimUNet(**meta)
     unet.load_state_dict(state)
     state, meta = _load(folder / "words.safetensors")
-    words = WordEncoder(meta["token_ids"])
+    if meta.get("encoder") == "contextual":
+        from .contextual_text import ContextualEncoder
+
+        words = ContextualEncoder(meta["token_ids"], meta["width"], meta["layers"], meta["heads"])
+    else:
+        words = WordEncoder(meta["token_ids"])
     words.load_state_dict(state)
     return unet, words
 
@@ -69,7 +80,7 @@ class DemoModel(nn.Module):
     def save(self, folder: Path = WEIGHTS) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         _save(self.unet, folder / "unet.safetensors", self.unet.config)
-        _save(self.words, folder / "words.safetensors", {"token_ids": self.words.token_ids})
+        save_words(self.words, folder)
         _save(self.autoencoder, folder / "autoencoder.safetensors",
               {"width": self.autoencoder.width, "latent_std": self.latent_std})
 

@@ -26,12 +26,13 @@ from torch import Tensor, nn
 from unlearn_core.denoiser import Conditioning, Denoiser
 from unlearn_core.schedule import ddim_sample
 
-from .model import DemoDenoiser, _save, load_unet_and_words
+from .model import DemoDenoiser, _save, load_unet_and_words, save_words
 from .patterns import PATTERNS, SCALES
 from .slim_unet import SlimUNet
 from .text import WordEncoder
 
 PATTERN_WEIGHTS = Path(__file__).resolve().parent / "weights_patterns"
+CONTEXTUAL_WEIGHTS = Path(__file__).resolve().parent / "weights_contextual"  # the same model, contextual text
 FOLD = 3  # pixels per latent cell side
 LATENT_CHANNELS = FOLD * FOLD
 CONTEXT_TOKENS = 8  # start, up to 3 words, end, padding: the UNet sees these conditioning rows, not all 77
@@ -58,7 +59,7 @@ class PatternModel(nn.Module):
     def save(self, folder: Path = PATTERN_WEIGHTS) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         _save(self.unet, folder / "unet.safetensors", self.unet.config)
-        _save(self.words, folder / "words.safetensors", {"token_ids": self.words.token_ids})
+        save_words(self.words, folder)
 
     @classmethod
     def load(cls, folder: Path = PATTERN_WEIGHTS) -> "PatternModel":

@@ -76,13 +76,15 @@ def encode_dataset(ae: TinyAutoencoder, size: int, device: str, rng: np.random.G
 def train_denoiser(latents: torch.Tensor, caption_of: Callable[[int, np.random.Generator], str],
                    token_ids: dict[str, int], steps: int, batch_size: int, width: int, device: str,
                    rng: np.random.Generator, log: dict, alphas_cumprod: torch.Tensor | None = None,
-                   prediction_type: str = "epsilon", peak_lr: float = 5e-4, context_tokens: int = CONTEXT_LENGTH):
-    """The slim UNet and word rows on ``latents`` (epsilon or v objective); ``caption_of(i, rng)`` captions latent i.
+                   prediction_type: str = "epsilon", peak_lr: float = 5e-4, context_tokens: int = CONTEXT_LENGTH,
+                   words: WordEncoder | None = None):
+    """The slim UNet and text encoder on ``latents`` (epsilon or v objective); ``caption_of(i, rng)`` captions latent i.
 
-    ``context_tokens``: the UNet sees the first that many token rows of the conditioning (77: all).
+    ``context_tokens``: the UNet sees the first that many token rows of the conditioning (77: all). ``words``: the
+    text encoder to train with it (default: word rows of ``token_ids``).
     """
     unet = SlimUNet(width=width, hidden=4 * width, time_hidden=4 * width, latent_channels=latents.shape[1]).to(device)
-    words = WordEncoder(token_ids).to(device)
+    words = (words or WordEncoder(token_ids)).to(device)
     ema = copy.deepcopy(unet).requires_grad_(False)
     params = list(unet.parameters()) + list(words.parameters())
     opt = torch.optim.AdamW(params, peak_lr, weight_decay=0.0)
