@@ -32,10 +32,10 @@ def _python(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("options, message", [
-    (dict(divergence="kl_typo"), "--divergence 'kl_typo' is not a divergence; choose one of: mse, kl"),
-    (dict(target_mode="anchors"), "--target-mode 'anchors' is not a target mode; choose one of: anchor, "),
-    (dict(steps=0), "--steps 0: must be between 1 and 100000"),
-    (dict(learning_rate=float("nan")), "--lr nan"),
+    (dict(divergence="kl_typo"), "--divergence: divergence = 'kl_typo' is not one of: mse, kl"),
+    (dict(target_mode="anchors"), "--target-mode: target_mode = 'anchors' is not one of: anchor, "),
+    (dict(steps=0), "--steps: steps = 0 is out of range: 1 .. 100000"),
+    (dict(learning_rate=float("nan")), "--lr: learning_rate = nan: expected a finite number"),
     (dict(resolution=60), "--resolution 60: must be a multiple of 8"),
     (dict(concept="dog"), "--concept 'dog' is not a demo attribute"),
     (dict(ckpt="/nonexistent/model.safetensors", prompts=["a dog"]), "expected an existing .safetensors"),
@@ -75,7 +75,7 @@ def test_a_misspelt_option_stops_the_job_before_comfyui_starts(tmp_path, capsys)
     out = tmp_path / "demo"
     assert main(["--divergence", "kl_typo", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: --divergence 'kl_typo' is not a divergence") and "Traceback" not in err
+    assert err.startswith("error: --divergence: divergence = 'kl_typo' is not one of") and "Traceback" not in err
     assert not out.exists()  # the job creates its output folder only after the checks
     assert main(["--concept", "dog", "--out", str(out)]) == 2
     assert "error: --concept 'dog' is not a demo attribute" in capsys.readouterr().err
