@@ -67,6 +67,7 @@ from unlearn_core.concepts import parse_concept_text
 from unlearn_demo.domains import DOMAINS, Domain
 from unlearn_core.injection import DeltaInjection
 from unlearn_core.samples import build_pool
+from unlearn_core.targets import TARGET_MODES
 from unlearn_core.trainer import EraseConfig, StepInfo, erase
 
 DIVERGENCES = {  # label -> EraseConfig fields
@@ -339,16 +340,21 @@ def report_agreement(domain: Domain, model: torch.nn.Module, concepts: tuple[str
         print(f"| {domain.name} | {concept} | {label} | 0 | {100 - probe.reference['target_shows']:.0f} "
               "| 0 | 0 | 0 | 0 | 0 | 0 | 0 |", flush=True)
         started = time.time()
-        erase(denoiser, concept_set, config, callback=callback)
-    print("\n" + agreement(rows, settings.get("erase_until", EraseConfig.erase_until),
-                            settings.get("check_every", EraseConfig.check_every)))
+        first = len(rows)
+        erasure = erase(denoiser, concept_set, config, callback=callback)
+        until = settings.get("erase_until", EraseConfig.erase_until)
+        if until < 0:  # auto: what the run would have resolved it to (its mode and eta)
+            until = TARGET_MODES[config.target_mode].auto_erase_until(erasure.metadata["config"]["guidance_eta"])
+        for row in rows[first:]:
+            row["erase_until"] = until
+    print("\n" + agreement(rows, settings.get("check_every", EraseConfig.check_every)))
     return rows
 
 
 AGREEMENT_THRESHOLDS = (0.9, 1.0, 1.1, 1.15, 1.2, 1.3)
 
 
-def agreement(rows: list[dict], erase_until: float, check_every: int) -> str:
+def agreement(rows: list[dict], check_every: int) -> str:
     """Over every checkpoint, per threshold: how often "what erase_until reads >= it" and "the classifier sees
     >= 90 % of the concept's ceiling gone" say the same, and how many checkpoints would stop too early (by that
     bar, and by the stricter 90 % gone, which a concept with a low ceiling may never reach); then, per concept,
@@ -370,17 +376,17 @@ def agreement(rows: list[dict], erase_until: float, check_every: int) -> str:
              row("probes read erased, classifier sees < 90 % gone",
                  lambda t: str(sum(r["erased"] >= t and not e for r, e in zip(rows, at_90)))),
              f"({len(rows)} checkpoints)", "",
-             f"| concept | erase_until {erase_until:.0%} (checked every {check_every}) stops at | target gone "
+             f"| concept | erase_until (checked every {check_every}) stops at | target gone "
              "(ceiling) | in-domain Δ pts | clearly drawn kept images lost % | KID×1000 | at the last checkpoint: "
              "gone, in-domain Δ |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for concept in dict.fromkeys(r["concept"] for r in rows):
         mine = [r for r in rows if r["concept"] == concept]
-        stop = next((r for r in mine if r["steps"] % check_every == 0 and r["erased"] >= round(100 * erase_until, 6)),
-                    None)
+        until = mine[0]["erase_until"]
+        stop = next((r for r in mine if r["steps"] % check_every == 0 and r["erased"] >= round(100 * until, 6)), None)
         last = mine[-1]
         at = stop or last
-        where = f"step {stop['steps']}" if stop else f"not reached: all {last['steps']} steps"
+        where = (f"{until:.0%}: step {stop['steps']}" if stop else f"{until:.0%}: not reached in {last['steps']} steps")
         lines.append(f"| {concept} | {where} | {at['efficacy']:.0f} % ({at['ceiling']:.0f} %) | {at['in_domain']:+.1f} "
                      f"| {at['clear_kept_lost']:.1f} | {at['kid_x1000']:.0f} | {last['efficacy']:.0f} %, {last['in_domain']:+.1f} |")
     return "\n".join(lines)

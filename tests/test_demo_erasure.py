@@ -63,17 +63,16 @@ def test_the_report_calls_the_erasure_erased_and_the_untouched_model_not(demo, c
     assert all(k["drift"] == 0 for k in untouched.keep)
 
 
-def test_erase_until_stops_once_the_probes_read_the_anchor_and_the_demo_draws_no_circles(demo):
-    """erase_until 1.0 with 120 steps allowed (every target onto its anchor, checked every 10 steps) stops the
-    run, and there the classifier sees the circles gone and the other shapes kept. The default, 1.2, is not
-    reached within 120 steps with the projection's eta 0.5 (113 %): there it runs all steps (README, "Reading
-    the Erasure Report": 1.0 stopped no run early on either domain with the projection)."""
+def test_the_defaults_stop_by_the_measure_and_the_demo_draws_no_circles(demo):
+    """EraseConfig() untouched: the projection applies, so eta auto 0.5 and erase_until auto 1.1 (every target 10 %
+    past its anchor, checked every 10 steps); it stops there, well inside the 400-step cap, with the circles gone and
+    the other shapes kept."""
     _, denoiser, _ = demo
     text, targets, keep = demo_prompts("circle", "")
-    erasure = erase(denoiser, parse_concept_text(text), EraseConfig(steps=120, erase_until=1.0, **DEMO))
+    erasure = erase(denoiser, parse_concept_text(text), EraseConfig(**DEMO))
     stopped = erasure.metadata["stopped"]
-    assert stopped.startswith("erase_until 100% reached at step "), stopped
-    assert erasure.metadata["history"][-1][0] <= 60, stopped  # stops within the node's default steps
+    assert erasure.metadata["stop"] == "erase_until" and erasure.metadata["config"]["erase_until"] == 1.1, stopped
+    assert erasure.metadata["history"][-1][0] <= 200, stopped
     after = shapes_seen(demo, [t for t, _ in targets], erasure)
     assert after.count("circle") <= 1, after
     kept = shapes_seen(demo, keep, erasure)

@@ -13,7 +13,7 @@ from unlearn_core.concepts import parse_concept_text
 from unlearn_core.erasure import Erasure
 from unlearn_core.report import measure
 from unlearn_demo.flow_model import FLOW_WEIGHTS, FlowDemoDenoiser, FlowDemoModel, flow_sigmas
-from unlearn_demo.main_job import FLOW_DEMO_STEPS, demo_prompts
+from unlearn_demo.main_job import demo_prompts
 from unlearn_demo.model import load_classifier
 from unlearn_core.parameters import select_parameters
 from unlearn_core.schedule import abar_from_flow_sigma, flow_coordinates
@@ -69,14 +69,15 @@ def test_full_updates_move_the_circle_prompts_onto_their_anchors_and_keep_the_re
 
 
 @pytest.mark.slow  # about a minute on the shared cores
-def test_the_default_recipe_at_the_flow_demos_steps_erases_circles_and_keeps_the_other_shapes(flow):
-    """EraseConfig() with the main job's --family flux steps (at the node's 60 most images keep their circles: the
-    prompts move 75-84 % onto their anchors; they flip once past them): the SD demo's bounds."""
+def test_the_defaults_erase_circles_and_keep_the_other_shapes_and_stop_by_the_measure(flow):
+    """EraseConfig() untouched: no projection here (the default set reads no text), so eta 1 and erase_until auto 1.2,
+    where this model's images flip (at moved 75-84 % most keep their circles); the SD demo's bounds."""
     _, denoiser, _ = flow
     text, targets, keep = demo_prompts("circle", "")
     targets = [t for t, _ in targets]
     before = shapes_seen(flow, targets).count("circle")
-    erasure = erase(denoiser, parse_concept_text(text), EraseConfig(steps=FLOW_DEMO_STEPS, **FLOW_DEMO))
+    erasure = erase(denoiser, parse_concept_text(text), EraseConfig(**FLOW_DEMO))
+    assert erasure.metadata["stop"] == "erase_until" and erasure.metadata["config"]["erase_until"] == 1.2
     after = shapes_seen(flow, targets, erasure)
     assert before >= len(targets) * len(SEEDS) - 1, before  # the original draws circles
     assert after.count("circle") <= 2, after  # the SD demo's bound (8 images)

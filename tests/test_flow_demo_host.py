@@ -16,7 +16,7 @@ from test_flow_models import unlearn
 from unlearn_demo.assemble import write_checkpoint
 from unlearn_demo.flow_model import FlowDemoDenoiser, FlowDemoModel
 from unlearn_demo.headless import DEMO_NODES_DIR_NAME, host_has_flux
-from unlearn_demo.main_job import JobOptions, default_steps, run
+from unlearn_demo.main_job import JobOptions, run
 
 
 @pytest.fixture(scope="module")
@@ -107,10 +107,10 @@ def test_the_pack_erases_from_the_flow_demo_and_the_stock_lora_loader_applies_th
 @pytest.mark.slow
 def test_main_job_family_flux_erases_circle_in_comfyui(tmp_path):
     """The README's main job with --family flux: the flow demo as a Flux MODEL in a real ComfyUI server, the
-    node's defaults but the job's flow-demo steps, the SD demo's thresholds read by the same classifier."""
+    node's defaults, the SD demo's thresholds read by the same classifier."""
     if not host_has_flux():
         pytest.skip("this ComfyUI (the bundled March 2024 one) has no Flux: run with COMFYUI_PATH=<current>")
     out = tmp_path / "flow"
-    result = run(JobOptions(family="flux", steps=default_steps("flux")), out, workdir=tmp_path)  # measured: 100 -> 4 %
+    result = run(JobOptions(family="flux"), out, workdir=tmp_path)
     assert_the_demo_thresholds(result["summary"])
     assert "flow demo model (Flux layout)" in (out / "report.md").read_text()

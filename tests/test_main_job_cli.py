@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from unlearn_demo import headless
-from unlearn_demo.main_job import FLOW_DEMO_STEPS, JobOptions, check_options, default_steps, grid, main
+from unlearn_demo.main_job import JobOptions, check_options, grid, main
 from unlearn_demo.progress import JobProgress, phase_of, seconds_left
 from unlearn_core.trainer import EraseConfig, divergence_names
 
@@ -86,9 +86,8 @@ def test_help_texts_exit_0_and_show_the_real_defaults():
     assert demo.returncode == 0 and "run" in demo.stdout and "assemble" in demo.stdout
     run = _python("-m", "unlearn_demo", "run", "--help")
     assert run.returncode == 0, run.stderr
-    assert f"(default: {JobOptions().steps}; {FLOW_DEMO_STEPS} with --family flux)" in " ".join(run.stdout.split())
-    assert "[--steps 120]" not in run.stdout
-    assert (default_steps("sd"), default_steps("flux")) == (EraseConfig.steps, FLOW_DEMO_STEPS) == (60, 200)
+    assert f"erase_until ends it earlier (default: {EraseConfig.steps})" in " ".join(run.stdout.split())
+    assert JobOptions().steps == EraseConfig.steps == 400
     assert "--quick" in run.stdout and "--cpu" in run.stdout
     cli = _python("-m", "unlearn_core", "--help")
     assert cli.returncode == 0 and cli.stdout.startswith("usage: python -m unlearn_core")

@@ -102,7 +102,8 @@ class EraseConfig:
     lora_rank: int = setting(-1, "-1 = auto: full weight updates on SD1.x/SD2.x/SDXL UNets, a rank-16 LoRA on Flux "
                                  "and SD3 (a full update of Flux's text-stream qkv is 540M numbers); 0 trains full "
                                  "weight updates; >0 trains a LoRA of this rank.", low=0, high=256, auto=-1)
-    steps: int = setting(60, "Optimiser steps.", low=1, high=100000)
+    steps: int = setting(400, "The most optimiser steps: erase_until normally ends the run well before (the demos: "
+                               "20-60 steps, the flow demo 120-220); a run that reaches it says so.", low=1, high=100000)
     learning_rate: float = setting(5e-4, "AdamW learning rate.", low=1e-8, high=1.0, step=1e-6, aliases=("--lr",))
     batch_size: int = setting(4, "Prompt pairs per step.", low=1, high=64)
     grad_accumulation: int = 1
@@ -124,15 +125,13 @@ class EraseConfig:
         "forward (fp16 adds loss scaling). The trained updates are always fp32; CPU runs use the model's dtype."))
     gradient_checkpointing: bool = setting(False, "Recompute activations in backward: less GPU memory, slower steps.")
     seed: int = setting(0, "Same seed, same erasure.", low=0, high=0xFFFFFFFF)
-    # The default is the lowest that meets the demo's own bar (the main job: <= 10 % circles after, kept shapes
-    # within 5 points), measured unchanged on the second domain and the flow demo (README, "Does it agree with
-    # the classifier?"): the images lose the target once the prediction is past its anchor, not when it gets there.
-    erase_until: float = setting(1.2, low=0.0, high=5.0, step=0.05, optional=True, help=(
+    erase_until: float = setting(-1.0, low=0.0, high=5.0, step=0.05, optional=True, auto=-1.0, help=(
         "Stop once every target's prediction has moved this far onto its anchor (the Erasure Report's 'moved': "
-        "1.0 = predicts like the anchor, 1.2 = 20 % past it, where the demos' images have lost the target; "
-        "negative_guidance: this far towards its guided aim), measured every check_every steps on fixed probes "
-        "never trained on; steps is then the most it runs. 0 = always run all steps. The anchor and "
-        "negative_guidance modes train towards 1.0, so there 1.2 runs all steps."))
+        "1.0 = predicts like the anchor; negative_guidance: this far towards its guided aim), measured every "
+        "check_every steps on fixed probes never trained on; steps is then the most it runs, and a run that "
+        "reaches steps first ends with a warning. -1 = auto: anchor_guidance 1 + eta/5 (1.1 at eta 0.5, 1.2 at eta 1: "
+        "a little past the anchor, where the demos' images have lost the target), anchor 1.0, negative_guidance 0.6 "
+        "of the way to its aim. 0 = always run all steps."))
     check_every: int = setting(10, "Measure the probes every this many steps (erase_until, max_keep_drift).",
                                low=1, high=100000, optional=True)
     max_keep_drift: float = setting(0.0, low=0.0, high=100.0, step=0.05, optional=True, help=(
@@ -329,6 +328,9 @@ class Eraser:
                                     on_step=lambda i, n: self.callback(StepInfo("sampling", i, n)))
         self._projection, self.projection_note = self._keep_projection(names)
         self.eta = cfg.guidance_eta if cfg.guidance_eta >= 0 else (PROJECTED_ETA if self._projection else 1.0)
+        erase_until = cfg.erase_until if cfg.erase_until >= 0 else TARGET_MODES[cfg.target_mode].auto_erase_until(self.eta)
+        self.config = cfg = replace(cfg, lora_rank=self.lora_rank, guidance_eta=self.eta, erase_until=erase_until,
+                                    precision=self.precision)
         if self._projection:
             deltas.project_inputs_(*self._projection)
         self._injection = DeltaInjection(self.denoiser.net, names, deltas.delta_of, fp8_compute=self.dtype)
@@ -510,7 +512,7 @@ class Eraser:
             prediction_type=self.denoiser.prediction_type,
             fingerprint=fingerprint(originals),
             concepts=self.concepts.to_dict(),
-            config=asdict(replace(self.config, sigma=self.sigma, lora_rank=self.lora_rank, guidance_eta=self.eta)),
+            config=asdict(replace(self.config, sigma=self.sigma)),  # every auto value resolved
             sigma_auto=self.config.sigma == 0,
             seconds=round(seconds, 2),
             history=[[h.step, h.loss, h.mean_s, h.keep_s, h.grad_norm, h.moved, h.drift, h.progress]

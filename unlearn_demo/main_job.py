@@ -113,17 +113,6 @@ RANGES = {"seeds": ("--seeds", 1, 4096), "sample_steps": ("--sample-steps", 1, 1
 QUICK = {"steps": 10, "seeds": 1, "sample_steps": 4}  # --quick: every node of the graph, a fraction of the work
 # --family -> the images' (sampler, scheduler): DDIM for the UNet; Euler, flow matching's own, for the transformer
 FAMILIES = {"sd": ("ddim", "ddim_uniform"), "flux": ("euler", "simple")}
-# --family flux erases for this many steps unless --steps says otherwise: at the node's 60 the flow demo's circle
-# prompts move 75-84 % of the way onto their anchors and most images keep their circles (README, "A flow-matching
-# demo model"); the images flip once the Erasure Report reads them past the anchor (moved above about 120 %)
-FLOW_DEMO_STEPS = 200
-
-
-def default_steps(family: str) -> int:
-    """The job's erasure steps when --steps is not given: the node's default, FLOW_DEMO_STEPS for the flow demo."""
-    return FLOW_DEMO_STEPS if family == "flux" else EraseConfig.steps
-
-
 def check_options(opts: JobOptions) -> None:
     """Raise ValueError naming the first bad option and what it accepts; nothing has started yet."""
     for s in declared(EraseConfig):
@@ -389,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target-mode", default=d.target_mode,
                    help=f"one of: {', '.join(TARGET_MODES)} (default: %(default)s)")
     p.add_argument("--steps", type=int, default=None,
-                   help=f"erasure training steps (default: {d.steps}; {FLOW_DEMO_STEPS} with --family flux)")
+                   help=f"the most erasure steps; erase_until ends it earlier (default: {d.steps})")
     p.add_argument("--lr", type=float, default=d.learning_rate, help="erasure learning rate (default: %(default)s)")
     p.add_argument("--seeds", type=int, default=d.seeds,
                    help="images per prompt, before and after (default: %(default)s)")
@@ -415,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     opts = JobOptions(concept=a.concept, anchor=a.anchor, divergence=a.divergence, alpha=a.alpha,
                       target_mode=a.target_mode, learning_rate=a.lr, seeds=a.seeds,
-                      steps=a.steps if a.steps is not None else default_steps(a.family),
+                      steps=a.steps if a.steps is not None else d.steps,
                       sample_steps=a.sample_steps, cfg=a.cfg, seed=a.seed, ckpt=a.ckpt, prompts=a.prompt, keep=a.keep,
                       resolution=a.resolution or (512 if a.ckpt else 64), cpu=a.cpu,
                       family=a.family)
