@@ -1,4 +1,5 @@
-"""Fixtures: a real ComfyUI (in-process and as a server), tiny models, a tiny diffusers pipeline."""
+"""Fixtures: a real ComfyUI (in-process and as a server), tiny models, a tiny diffusers pipeline, a headless
+browser on the server's frontend. Shared helpers that are not fixtures are in helpers.py."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+pytest.register_assert_rewrite("helpers")  # its assertion helpers report like a test's own asserts
 
 from comfy_host import ComfyServer, host_label, load_inprocess, pack_submodule, prepare_host  # noqa: E402
+from helpers import CHROMIUM, READY  # noqa: E402
 
 torch.set_num_threads(2)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded
@@ -87,3 +90,23 @@ def tiny_pipe(tmp_path_factory):
     from unlearn_demo.toy import tiny_pipeline
 
     return tiny_pipeline(tmp_path_factory.mktemp("pipe"))
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    if CHROMIUM is None:
+        pytest.fail("the frontend tests need Chromium: apt-get install chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server.url, wait_until="networkidle")
+        page.wait_for_function(READY, timeout=60000)  # set up, every node type registered
+        page.errors = errors
+        yield page
+        browser.close()

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from comfy_host import report_numbers
+from helpers import load_concepts, unlearn
 
 
 def apply_model(patcher, cond, seed=0):
@@ -27,21 +28,6 @@ def apply_model(patcher, cond, seed=0):
 def encode(clip, text):
     with torch.inference_mode():
         return clip.encode_from_tokens(clip.tokenize(text))
-
-
-def load_concepts(pack_nodes, text):
-    with torch.inference_mode():
-        return pack_nodes["DivergenceUnlearnLoadConceptSet"]().load(text, "none", "none")
-
-
-def unlearn(pack_nodes, model, clip, concepts, **overrides):
-    args = dict(divergence="hellinger", alpha=0.5, sigma=1.0, target_mode="anchor", guidance_eta=1.0, erase_from="",
-                parameter_set="cross_attn_kv", lora_rank=0, steps=3, learning_rate=1e-3, batch_size=1,
-                resolution=32, x_source="anchor_samples", anchor_samples=2, sample_steps=2,
-                preservation_weight=1.0, precision="fp32", gradient_checkpointing=False, seed=0)
-    args.update(overrides)
-    with torch.inference_mode():  # as ComfyUI's executor runs every node
-        return pack_nodes["DivergenceUnlearn"]().unlearn(model, clip, concepts, **args)
 
 
 def test_pack_registers_nodes_with_display_names(comfy, pack_nodes):

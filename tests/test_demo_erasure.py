@@ -7,15 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import SEEDS, shapes_seen
 from unlearn_core.concepts import parse_concept_text
 from unlearn_demo.main_job import demo_prompts
 from unlearn_demo.model import DemoDenoiser, DemoModel, load_classifier
-from unlearn_core.injection import DeltaInjection
 from unlearn_core.report import measure
 from unlearn_core.trainer import EraseConfig, erase
 
 DEMO = dict(resolution=64, sample_steps=10)  # the 64-pixel demo's sizes; everything else is the default recipe
-SEEDS = (1000, 1001)
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +30,6 @@ def circle(demo):
     concepts = parse_concept_text(text)
     return concepts, [t for t, _ in targets], keep, erase(denoiser, concepts, EraseConfig(steps=40, erase_until=0,
                                                                                            **DEMO))
-
-
-def shapes_seen(demo, prompts: list[str], erasure=None) -> list[str]:
-    model, denoiser, clf = demo
-    scale = 1.0 if erasure is not None else 0.0
-    names = erasure.names if erasure is not None else []
-    with DeltaInjection(denoiser.net, names, lambda n: scale * erasure.delta(n)):
-        images = [model.generate(prompts, seed=seed, denoiser=denoiser) for seed in SEEDS]
-        return [s for batch in images for s in clf.predict(batch)["shape"]]
 
 
 def test_the_default_recipe_erases_circles_and_keeps_the_other_shapes(demo, circle):

@@ -7,6 +7,7 @@ import json
 import pytest
 from PIL import Image
 
+from helpers import assert_the_demo_thresholds
 from unlearn_demo.main_job import JobOptions, build_graph, demo_prompts, run
 
 pytestmark = pytest.mark.slow
@@ -28,15 +29,6 @@ def test_graph_pairs_every_prompt_before_and_after_with_the_same_seed():
         before, after = graph[f"before{i}"]["inputs"], graph[f"after{i}"]["inputs"]
         assert before["model"] == ["ckpt", 0] and after["model"] == ["unlearn", 0]
         assert {k: v for k, v in before.items() if k != "model"} == {k: v for k, v in after.items() if k != "model"}
-
-
-def assert_the_demo_thresholds(s: dict) -> None:
-    """The main job's bounds (the issue's): the circle seen before, gone after, colours and kept prompts kept."""
-    assert s["target_recognised_before"] >= 80, s
-    assert s["target_recognised_after"] <= 10, s
-    assert abs(s["target_color_kept_after"] - s["target_color_kept_before"]) <= 5, s
-    assert abs(s["kept_shape_after"] - s["kept_shape_before"]) <= 5, s
-    assert abs(s["kept_color_after"] - s["kept_color_before"]) <= 5, s
 
 
 def test_main_job_erases_circle_in_comfyui(tmp_path):

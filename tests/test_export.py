@@ -6,15 +6,12 @@ import copy
 
 import pytest
 import torch
-from torch.func import functional_call
 
-from test_trainer import CONCEPTS, QUICK
+from helpers import CONCEPTS, QUICK, erased_prediction, loaded_prediction, probe
 from unlearn_core.adapters.diffusers_sd import DiffusersDenoiser
 from unlearn_core.erasure import Erasure, ErasureError
 from unlearn_core.export import low_rank, to_diffusers_lora
 from unlearn_core.trainer import EraseConfig, erase
-
-PROMPTS = ["a red circle", "a blue square"]
 
 
 @pytest.fixture(scope="module")
@@ -25,29 +22,6 @@ def denoiser(tiny_pipe):
 @pytest.fixture(scope="module")
 def full_erasure(denoiser):
     return erase(denoiser, CONCEPTS, EraseConfig(steps=3, learning_rate=1e-3, **QUICK))
-
-
-def probe(denoiser):
-    """Fixed (x_t, t, conditioning) at which predictions are compared."""
-    gen = torch.Generator().manual_seed(0)
-    return torch.randn(2, 4, 8, 8, generator=gen), torch.tensor([100, 700]), denoiser.encode_prompts(PROMPTS, (64, 64))
-
-
-@torch.no_grad()
-def erased_prediction(denoiser, erasure: Erasure):
-    """The UNet output with W0 + delta substituted in memory (as the report measures it)."""
-    params = dict(denoiser.net.named_parameters())
-    weights = {"net." + n: params[n] + d for n, d in erasure.deltas().items()}
-    return functional_call(denoiser, weights, probe(denoiser))
-
-
-@torch.no_grad()
-def loaded_prediction(tiny_pipe, denoiser, state):
-    """The UNet output of a fresh copy of the pipeline after ``load_lora_weights(state)``."""
-    pytest.importorskip("peft")
-    pipe = copy.deepcopy(tiny_pipe)
-    pipe.load_lora_weights(state)
-    return DiffusersDenoiser.from_pipeline(pipe)(*probe(denoiser))
 
 
 def test_full_deltas_load_into_diffusers_and_predict_like_the_erasure(tiny_pipe, denoiser, full_erasure):

@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_export import erased_prediction, loaded_prediction
-from test_trainer import QUICK
+from helpers import QUICK, erased_prediction, loaded_prediction
 from unlearn_core.adapters.diffusers_sd import DiffusersDenoiser, before_after_images
 from unlearn_core.concepts import parse_concept_text
 from unlearn_core.export import to_diffusers_lora

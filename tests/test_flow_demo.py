@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_demo_erasure import SEEDS, shapes_seen
+from helpers import SEEDS, shapes_seen
 from unlearn_core.architectures import architecture_of
 from unlearn_core.concepts import parse_concept_text
 from unlearn_core.erasure import Erasure

@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from comfy_host import pack_submodule
-from test_demo_job import assert_the_demo_thresholds
-from test_flow_models import unlearn
+from helpers import assert_the_demo_thresholds, unlearn_from_text
 from unlearn_demo.assemble import write_checkpoint
 from unlearn_demo.flow_model import FlowDemoDenoiser, FlowDemoModel
 from unlearn_demo.headless import DEMO_NODES_DIR_NAME, host_has_flux
@@ -82,7 +81,7 @@ def test_the_pack_erases_from_the_flow_demo_and_the_stock_lora_loader_applies_th
 
     model, clip, _ = demo_parts
     text = "a red circle -> a red shape\nkeep: a blue square\n"
-    erased, erasure = unlearn(pack_nodes, model, clip, text, lora_rank=-1, steps=6)[:2]
+    erased, erasure = unlearn_from_text(pack_nodes, model, clip, text, lora_rank=-1, steps=6)[:2]
     assert erasure.lora and all(".txt_attn.qkv." in name for name in erasure.lora), sorted(erasure.lora)
     with torch.inference_mode():
         saved = pack_nodes["DivergenceUnlearnSaveErasure"]().save(erasure, "erasures/flow_demo")

@@ -13,7 +13,7 @@ import os
 import pytest
 import torch
 
-from test_sampler import SHAPE, AnalyticDenoiser, pool_of
+from helpers import SHAPE, AnalyticDenoiser, concept_set, pool_of, unlearn_from_text
 from unlearn_core.architectures import ARCHITECTURES, architecture_of
 from unlearn_core.divergences import kl_timestep_weight
 from unlearn_core.erasure import Erasure, ErasureError, export_prefix, fingerprint
@@ -58,7 +58,7 @@ def test_kl_weight_of_a_flow_is_the_posterior_mean_ratio_of_its_velocity():
 
 
 class AnalyticFlowDenoiser(AnalyticDenoiser):
-    """The analytic denoiser of test_sampler as a rectified-flow model: it predicts u = eps - x0."""
+    """The analytic denoiser (helpers, test_sampler's) as a rectified-flow model: it predicts u = eps - x0."""
 
     def forward(self, x_t, timesteps, cond):
         a = self.alphas_cumprod[timesteps].double().view(-1, 1, 1, 1)
@@ -229,22 +229,6 @@ def test_unet_parameter_sets_are_unchanged(sd15_model):
     assert ARCHITECTURES["unet"].parameter_sets.keys() == ARCHITECTURES["flux"].parameter_sets.keys()
 
 
-def concept_set(pack_nodes, text):
-    with torch.inference_mode():
-        return pack_nodes["DivergenceUnlearnLoadConceptSet"]().load(text, "none", "none")[0]
-
-
-def unlearn(pack_nodes, model, clip, text, **overrides):
-    concepts = concept_set(pack_nodes, text)
-    args = dict(divergence="hellinger", alpha=0.5, sigma=0.0, target_mode="anchor", guidance_eta=1.0, erase_from="",
-                parameter_set="cross_attn_kv", lora_rank=4, steps=8, learning_rate=3e-3, batch_size=2,
-                resolution=64, x_source="anchor_samples", anchor_samples=2, sample_steps=4,
-                preservation_weight=1.0, precision="auto", gradient_checkpointing=False, seed=0)
-    args.update(overrides)
-    with torch.inference_mode():
-        return pack_nodes["DivergenceUnlearn"]().unlearn(model, clip, concepts, **args)
-
-
 def denoised(patcher, clip, prompt, guidance=None):
     """The host's own prediction (BaseModel.apply_model, as its samplers call it) for one fixed noisy latent."""
     import comfy.model_management as mm
@@ -266,7 +250,7 @@ def test_node_erases_from_the_transformer_and_the_stock_loader_applies_the_file(
     clip = dit.StandInSD3Clip() if family == "SD3" else dit.StandInFluxClip()
     with torch.inference_mode():
         model = dit.build_dit_patcher(family)
-    erased, erasure, summary = unlearn(pack_nodes, model, clip, "a red circle -> a red shape")
+    erased, erasure, summary = unlearn_from_text(pack_nodes, model, clip, "a red circle -> a red shape")
     assert erasure.metadata["family"] == family and erasure.metadata["prediction_type"] == "flow"
     kv = ".context_block.attn.qkv.weight" if family == "SD3" else ".txt_attn.qkv.weight"
     assert erasure.names and all(n.endswith(kv) for n in erasure.names) and set(erasure.lora) == set(erasure.names)
@@ -331,7 +315,7 @@ def test_sd3_file_loads_through_the_stock_unet_loader_and_trains(comfy, comfy_ro
     assert type(model.model.model_config).__name__ in ("SD3", "SD35")
     stored = next(model.model.diffusion_model.parameters()).dtype
     assert (stored == torch.float8_e4m3fn) == (weight_dtype == "fp8_e4m3fn")
-    erased, erasure, _ = unlearn(pack_nodes, model, dit.StandInSD3Clip(), "a cat -> an animal", steps=2)
+    erased, erasure, _ = unlearn_from_text(pack_nodes, model, dit.StandInSD3Clip(), "a cat -> an animal", steps=2)
     assert erasure.metadata["prediction_type"] == "flow" and erasure.names
     assert all(torch.isfinite(t).all() for t in erasure.deltas().values())
     assert all(p.dtype == stored for p in model.model.diffusion_model.parameters()), "the host's weights changed"
@@ -346,8 +330,8 @@ def test_flux_file_of_the_released_width_is_detected_by_the_stock_loader_and_tra
         model = comfy.UNETLoader().load_unet(path.name, "default")[0]
     assert type(model.model.model_config).__name__ == "Flux"
     clip = dit.StandInFluxClip(context_dim=4096)
-    erased, erasure, _ = unlearn(pack_nodes, model, clip, "a red circle -> a red shape", steps=2, anchor_samples=1,
-                                 sample_steps=2, batch_size=1)
+    erased, erasure, _ = unlearn_from_text(pack_nodes, model, clip, "a red circle -> a red shape", steps=2,
+                                           anchor_samples=1, sample_steps=2, batch_size=1)
     assert erasure.names == ["double_blocks.0.txt_attn.qkv.weight"]
     assert erasure.shapes["double_blocks.0.txt_attn.qkv.weight"] == (3 * 3072, 3072)
     path.unlink()

@@ -8,44 +8,20 @@ the API-format file shipped beside it.
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
+from helpers import APP
 from workflow_format import API_WORKFLOWS, WORKFLOWS, newer_host_nodes_missing
 
 pytestmark = pytest.mark.slow
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 UI_FILES = sorted(WORKFLOWS.glob("*.json"))
-APP = "(window.app || (window.comfyAPI && window.comfyAPI.app && window.comfyAPI.app.app))"
-READY = (f"() => {{ const app = {APP}; const types = window.LiteGraph && window.LiteGraph.registered_node_types;"
-         " return !!(app && app.graph && app.canvas && types && types.KSampler && types.DivergenceUnlearn); }")
 LOAD_AND_CONVERT = f"""async (workflow) => {{
     const app = {APP};
     await app.loadGraphData(workflow);
     const prompt = await app.graphToPrompt();
     return prompt.output;
 }}"""
-
-
-@pytest.fixture(scope="module")
-def page(server):
-    if CHROMIUM is None:
-        pytest.fail("the frontend tests need Chromium: apt-get install chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
-        page = browser.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(server.url, wait_until="networkidle")
-        page.wait_for_function(READY, timeout=60000)  # set up, every node type registered
-        page.errors = errors
-        yield page
-        browser.close()
 
 
 @pytest.mark.parametrize("ui_file", UI_FILES, ids=[f.stem for f in UI_FILES])

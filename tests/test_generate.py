@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from test_trainer import CONCEPTS, QUICK
+from helpers import CONCEPTS, QUICK
 from unlearn_core.adapters.diffusers_sd import DiffusersDenoiser, before_after_images
 from unlearn_core.cli import main
 from unlearn_core.erasure import Erasure

@@ -229,7 +229,7 @@ def test_readme_command_extraction_finds_marked_blocks_only():
 
 @pytest.mark.slow
 def test_a_graph_comfyui_refuses_raises_its_message(server):
-    from test_server import ERASE_THEN_GENERATE, adapt_for_tiny
+    from helpers import ERASE_THEN_GENERATE, adapt_for_tiny
 
     prompt = adapt_for_tiny(json.loads(ERASE_THEN_GENERATE.read_text()))
     unlearn = next(n for n in prompt.values() if n["class_type"] == "DivergenceUnlearn")
@@ -247,7 +247,7 @@ def test_a_graph_comfyui_refuses_raises_its_message(server):
 
 @pytest.mark.slow
 def test_a_failing_node_raises_its_message_and_progress_streams_while_it_runs(server):
-    from test_server import ERASE_THEN_GENERATE, adapt_for_tiny
+    from helpers import ERASE_THEN_GENERATE, adapt_for_tiny
 
     prompt = adapt_for_tiny(json.loads(ERASE_THEN_GENERATE.read_text()))
     unlearn = next(n for n in prompt.values() if n["class_type"] == "DivergenceUnlearn")

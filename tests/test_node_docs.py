@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from comfy_host import PACK_DIR_NAME
-from test_frontend import APP, page  # noqa: F401  (the headless-browser fixture)
+from helpers import APP
 
 DOCS = Path(__file__).resolve().parents[1] / "web" / "docs"
 
@@ -37,7 +37,7 @@ def test_server_serves_each_page_where_the_frontend_fetches_it(server, pack_node
 
 
 @pytest.mark.slow
-def test_node_library_help_shows_the_page(page):  # noqa: F811
+def test_node_library_help_shows_the_page(page):
     if not page.evaluate(f"() => !!{APP}.extensionManager"):
         pytest.skip("this frontend has no node help panel (2024 host)")
     page.evaluate(f"() => {APP}.extensionManager.command.execute('Workspace.ToggleSidebarTab.node-library')")

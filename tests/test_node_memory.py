@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from test_comfy_inprocess import load_concepts, unlearn
+from helpers import load_concepts, unlearn
 
 
 def live_tensor_bytes() -> int:

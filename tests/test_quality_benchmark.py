@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "erasure_quality.py"
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("erasure_quality", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import ROOT, SCRIPT, _bench
 
 
 def test_kid_is_zero_for_one_distribution_and_grows_with_a_shift():

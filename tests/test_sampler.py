@@ -7,57 +7,17 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import DDPMScheduler
-from torch import nn
 
-from unlearn_core.denoiser import Denoiser
+from helpers import AnalyticDenoiser, pool_of
 from unlearn_core.samples import build_pool
 from unlearn_core.schedule import EPSILON_MIN_ABAR, sampling_start, scaled_linear_alphas_cumprod
 
-SHAPE = (3, 8, 8)
 SCHEDULES = {
     "linear": scaled_linear_alphas_cumprod(),
     "cosine": DDPMScheduler(beta_schedule="squaredcos_cap_v2").alphas_cumprod.float(),
     "zsnr": DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                           rescale_betas_zero_snr=True).alphas_cumprod.float(),
 }
-
-
-class AnalyticDenoiser(Denoiser):
-    """The exact optimal denoiser of data = four fixed images in [-0.9, 0.9], plus a 1 % network error.
-
-    E[x0 | x_t] = sum_k softmax_k(-|x_t - sqrt(abar) mu_k|^2 / (2 (1 - abar))) mu_k; the output is the eps or v
-    that this x0 implies, plus 0.01 sin(3 x_t) (no trained network is exact; the sampler must not amplify it).
-    """
-
-    family = "analytic"
-    key_format = "diffusers"
-    latent_channels = SHAPE[0]
-
-    def __init__(self, alphas_cumprod: torch.Tensor, prediction_type: str):
-        super().__init__()
-        self.net = nn.Linear(1, 1)  # gives the denoiser a device and a dtype
-        self.alphas_cumprod = alphas_cumprod
-        self.prediction_type = prediction_type
-        self.images = 0.9 * torch.sign(torch.randn(4, *SHAPE, generator=torch.Generator().manual_seed(0)))
-
-    def forward(self, x_t, timesteps, cond):
-        a = self.alphas_cumprod[timesteps].double().view(-1, 1, 1, 1)
-        x = x_t.double()
-        dist = (x[:, None] - a.sqrt()[:, None] * self.images.double()[None]).flatten(2).square().sum(-1)
-        weights = torch.softmax(-dist / (2 * (1 - a.view(-1, 1)).clamp_min(1e-12)), dim=1)
-        x0 = torch.einsum("bk,kchw->bchw", weights, self.images.double())
-        eps = torch.where(a < 1, (x - a.sqrt() * x0) / (1 - a).sqrt().clamp_min(1e-12), torch.zeros_like(x))
-        out = eps if self.prediction_type == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * x0
-        return (out + 0.01 * torch.sin(3 * x)).float()
-
-    def encode_prompts(self, prompts, size):
-        return {"context": torch.zeros(len(prompts), 1)}
-
-
-def pool_of(denoiser: Denoiser, source: str = "anchor_samples", samples: int = 16, steps: int = 20):
-    cond = denoiser.encode_prompts(["a"], (64, 64))
-    return build_pool(source, denoiser, cond, denoiser.encode_prompts([""], (64, 64)), samples, SHAPE, steps,
-                      guidance=1.0, generator=torch.Generator().manual_seed(0))
 
 
 @pytest.mark.parametrize("schedule", list(SCHEDULES))

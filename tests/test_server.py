@@ -2,77 +2,20 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import time
-from pathlib import Path
 
 import pytest
 
 from comfy_host import report_numbers
-from unlearn_demo.assemble import CHECKPOINT_NAME, write_checkpoint
+from helpers import ERASE_THEN_GENERATE, WORKFLOW_DIR, adapt_for_tiny, wait_for_log_line
+from unlearn_demo.assemble import write_checkpoint
+from unlearn_demo.headless import LogTail
 from workflow_format import input_spec, newer_host_nodes_missing
 
 pytestmark = pytest.mark.slow
 
-WORKFLOW_DIR = Path(__file__).resolve().parents[1] / "workflows" / "api"
 WORKFLOWS = sorted(WORKFLOW_DIR.glob("*.json"))
-ERASE_THEN_GENERATE = WORKFLOW_DIR / "erase_then_generate.json"
-TINY = "tiny_sd15.safetensors"
-
-
-def adapt_for_tiny(prompt: dict, erasure_file: str | None = None) -> dict:
-    """Same graph on the tiny checkpoint with quick settings. The tiny checkpoint has no VAE, so each
-    VAEDecode becomes a SaveLatent of its latent, and the image nodes downstream of it are dropped."""
-    prompt = copy.deepcopy(prompt)
-    quick = {
-        "CheckpointLoaderSimple": dict(ckpt_name=TINY),
-        "DivergenceUnlearn": dict(steps=3, resolution=32, anchor_samples=1, sample_steps=2, batch_size=1,
-                                  precision="fp32"),
-        "DivergenceUnlearnErasureReport": dict(resolution=32, probes=1),
-        "DivergenceUnlearnApplyErasure": dict(erasure_file=erasure_file) if erasure_file else {},
-        "EmptyLatentImage": dict(width=32, height=32),
-        "KSampler": dict(steps=2),
-    }
-    for node in prompt.values():
-        node["inputs"].update(quick.get(node["class_type"], {}))
-    if any(node["class_type"] == "UNETLoader" for node in prompt.values()):
-        return on_the_flow_demo(prompt)
-    dropped = {nid for nid, node in prompt.items() if node["class_type"] == "VAEDecode"}
-    for nid in dropped:
-        prompt[nid] = {"class_type": "SaveLatent",
-                       "inputs": {"samples": prompt[nid]["inputs"]["samples"], "filename_prefix": f"tiny/latent_{nid}"}}
-    while True:
-        downstream = [nid for nid, node in prompt.items()
-                      if any(isinstance(v, list) and v[0] in dropped for v in node["inputs"].values())]
-        if not downstream:
-            return prompt
-        for nid in downstream:
-            del prompt[nid]
-        dropped = set(downstream)
-
-
-# A Flux workflow's loaders -> (node, output) of the flow demo standing in: the demo's own node gives a Flux MODEL
-# (ComfyUI's Flux model base, 64 px), the demo checkpoint its CLIP and VAE. No Flux weights can be downloaded here.
-FLOW_DEMO_STAND_INS = {"UNETLoader": ("flow_demo", 0), "DualCLIPLoader": ("demo_ckpt", 1), "VAELoader": ("demo_ckpt", 2)}
-
-
-def on_the_flow_demo(prompt: dict) -> dict:
-    """A Flux workflow with its loaders replaced by the flow demo, at the demo's 64 pixels."""
-    stand_in = {nid: FLOW_DEMO_STAND_INS[node["class_type"]] for nid, node in prompt.items()
-                if node["class_type"] in FLOW_DEMO_STAND_INS}
-    prompt = {nid: node for nid, node in prompt.items() if nid not in stand_in}
-    prompt["flow_demo"] = {"class_type": "UnlearnDemoLoadFlowModel", "inputs": {}}
-    prompt["demo_ckpt"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}}
-    for node in prompt.values():
-        for name, value in node["inputs"].items():
-            if isinstance(value, list) and value[0] in stand_in:
-                node["inputs"][name] = list(stand_in[value[0]])
-        if node["class_type"] in ("DivergenceUnlearn", "DivergenceUnlearnErasureReport"):
-            node["inputs"]["resolution"] = 64
-        if node["class_type"] == "EmptySD3LatentImage":
-            node["inputs"].update(width=64, height=64)
-    return prompt
 
 
 @pytest.fixture(scope="module")
@@ -126,11 +69,10 @@ def test_interrupt_during_training_ends_the_prompt_as_interrupted(server):
     unlearn = next(n for n in prompt.values() if n["class_type"] == "DivergenceUnlearn")
     unlearn["inputs"]["steps"] = 100000
     unlearn["inputs"]["seed"] = 12345  # not cached from the other test
+    log = LogTail(server.log_path)
+    log.new_lines()  # what the server logged before this prompt
     prompt_id = server.queue(prompt)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not server.get("/queue")["queue_running"]:
-        time.sleep(0.2)
-    time.sleep(4)  # inside the training loop by now
+    wait_for_log_line(server, log, "[Divergence Unlearn] step 1/100000 ", timeout=120)  # inside the training loop
     server.post("/interrupt", {})
     entry = server.wait(prompt_id, timeout=120)
     messages = [m[0] for m in entry["status"]["messages"]]

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from test_quality_benchmark import _bench
+from helpers import _bench
 from unlearn_core.cli import build_parser
 from unlearn_demo.main_job import JobOptions, build_graph
 from unlearn_core.settings import declared, defaults

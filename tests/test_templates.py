@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from comfy_host import PACK_DIR_NAME
-from test_frontend import APP, page  # noqa: F401  (the headless-browser fixture)
+from helpers import APP
 from workflow_format import API_WORKFLOWS, WORKFLOWS
 
 UI_NAMES = sorted(f.stem for f in WORKFLOWS.glob("*.json"))
@@ -63,7 +63,7 @@ THUMBNAIL_WIDTH = "(card) => { const img = card.querySelector('img'); return img
 
 
 @pytest.mark.slow
-def test_template_browser_shows_each_workflow_with_its_thumbnail_and_opens_it(templates, page):  # noqa: F811
+def test_template_browser_shows_each_workflow_with_its_thumbnail_and_opens_it(templates, page):
     fetched: list[str] = []  # the frontend fetches each thumbnail and shows it from a blob: URL
     page.on("response", lambda r: fetched.append(r.url.split("?")[0]) if r.ok else None)
     page.evaluate(f"() => {APP}.extensionManager.command.execute('Comfy.BrowseTemplates')")

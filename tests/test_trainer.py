@@ -8,15 +8,11 @@ from dataclasses import replace
 import pytest
 import torch
 
+from helpers import CONCEPTS, QUICK
 from unlearn_core.adapters.diffusers_sd import DiffusersDenoiser
-from unlearn_core.concepts import parse_concept_text
 from unlearn_core.erasure import Erasure, ErasureError
 from unlearn_core.report import measure
 from unlearn_core.trainer import EraseConfig, Stop as StopReason, Eraser, ErasureDiverged, divergence_names, erase
-
-CONCEPTS = parse_concept_text("a red circle -> a red shape\nkeep: a blue square\nkeep: a green triangle")
-QUICK = dict(resolution=64, num_samples=4, sample_steps=4, batch_size=2, erase_until=0,
-             max_keep_drift=0)  # exactly `steps` steps, no probes
 
 
 @pytest.fixture(scope="module")

@@ -222,7 +222,7 @@ def test_object_info_gives_the_same_inputs_on_the_2024_host_and_the_v3_host(v3, 
 def test_training_on_the_v3_host_streams_loss_chart_previews(v3, server):
     import aiohttp
 
-    from test_server import adapt_for_tiny
+    from helpers import adapt_for_tiny
 
     prompt = adapt_for_tiny(json.loads((API_WORKFLOWS / "erase_then_generate.json").read_text()))
     unlearn_id = next(k for k, n in prompt.items() if n["class_type"] == "DivergenceUnlearn")
