@@ -1,11 +1,11 @@
 """One declaration of the user-facing erase settings, from which the node's inputs and the CLI are built.
 
 A setting is a field of :class:`unlearn_core.trainer.EraseConfig` declared with :func:`setting` (its
-default, help text, range or choices, and the value that means "auto" where there is one). The node's widgets are those fields in declaration order (saved
-workflows store widget values by position: append new settings, as optional inputs so that saved API
-prompts still validate, never reorder), and ``erase``'s
-command-line options are the same fields as ``--dashed-names``. Fields declared without
-:func:`setting` are engine-only. :func:`check` validates a config against the declaration: the trainer
+default, help text, range or choices, and the value that means "auto" where there is one). The node's
+widgets are those fields in declaration order (saved workflows store widget values by position: append new
+settings, as optional inputs so that saved API prompts still validate, never reorder), and ``erase``'s
+command-line options are the same fields as ``--dashed-names``. Fields declared without :func:`setting` are
+engine-only. :func:`check` validates a config against the declaration: the trainer
 calls it, so the node, the CLI and the main job refuse a bad value with the same message.
 """
 
@@ -48,7 +48,8 @@ class Setting:
         else:
             ok = isinstance(value, self.kind) and not isinstance(value, bool)
         if not ok:
-            return f"{self.name} = {value!r}: expected {'a finite number' if self.kind is float else self.kind.__name__}"
+            wanted = "a finite number" if self.kind is float else self.kind.__name__
+            return f"{self.name} = {value!r}: expected {wanted}"
         if self.choices is not None and value not in self.choices:
             return f"{self.name} = {value!r} is not one of: {', '.join(map(str, self.choices))}"
         if self.auto is not None and value == self.auto:

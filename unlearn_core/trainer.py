@@ -177,11 +177,17 @@ class Stop(str, Enum):
     """Why an erasure ended (the metadata's ``stop``); only CAP means it did not reach what it was asked."""
 
     ERASED = "erase_until"  # every target reached erase_until
+    SETTLED = "settled"  # erase_until auto: every target past its anchor, and the least of them no longer moving
     CAP = "steps_cap"  # erase_until was set, and the steps ran out before it was reached: a warning
     STEPS = "steps"  # erase_until 0: it ran the steps asked for
     KEEP_DRIFT = "max_keep_drift"  # a keep prompt drifted past max_keep_drift; the state before was returned
 
 
+# erase_until auto also ends a run whose targets are all past their anchors (moved >= 1) once the least of them gains
+# under SETTLE_GAIN over SETTLE_CHECKS checks: with the keep projection some targets settle short of 1 + eta/5 (the
+# pattern domain's stripes at 107-109 % from step 90 on, its images erased); training on would only reach the cap
+SETTLE_CHECKS = 3
+SETTLE_GAIN = 0.01
 SIGMA_CALIBRATION_BATCHES = 4
 PROBES_PER_PAIR = 4  # probes of erase_until / max_keep_drift, per prompt pair (was 2)
 # guidance_eta -1 (auto) where keep_projection is applied: only the target's own words move, and at ESD's 1.0 they
@@ -328,7 +334,9 @@ class Eraser:
                                     on_step=lambda i, n: self.callback(StepInfo("sampling", i, n)))
         self._projection, self.projection_note = self._keep_projection(names)
         self.eta = cfg.guidance_eta if cfg.guidance_eta >= 0 else (PROJECTED_ETA if self._projection else 1.0)
-        erase_until = cfg.erase_until if cfg.erase_until >= 0 else TARGET_MODES[cfg.target_mode].auto_erase_until(self.eta)
+        auto_until = TARGET_MODES[cfg.target_mode].auto_erase_until
+        self.settles = cfg.erase_until < 0 and TARGET_MODES[cfg.target_mode].stop_measure == "moved"
+        erase_until = cfg.erase_until if cfg.erase_until >= 0 else auto_until(self.eta)
         self.config = cfg = replace(cfg, lora_rank=self.lora_rank, guidance_eta=self.eta, erase_until=erase_until,
                                     precision=self.precision)
         if self._projection:
@@ -385,6 +393,7 @@ class Eraser:
         best = Checkpoint(0, 0.0, self._snapshot(deltas))
         self.stop = Stop.CAP if cfg.erase_until > 0 else Stop.STEPS
         self.stop_reason = f"ran all {cfg.steps} steps"
+        measured: list[float] = []  # what erase_until compares, at every check
         for step in range(1, cfg.steps + 1):
             sums = torch.zeros(3, device=self.device)  # loss, S, keep S
             for _ in range(cfg.grad_accumulation):
@@ -449,10 +458,17 @@ class Eraser:
                     break
                 if check:
                     best = Checkpoint(step, info.erased, self._snapshot(deltas))
+                    measured.append(info.erased)
                 if check and cfg.erase_until > 0 and info.erased >= cfg.erase_until:
                     self.stop = Stop.ERASED
                     self.stop_reason = (f"erase_until {cfg.erase_until:.0%} reached at step {step} "
                                         f"({_erased_text(info.erased, mode)})")
+                    break
+                if check and self.settles and _settled(measured):
+                    self.stop = Stop.SETTLED
+                    self.stop_reason = (f"settled at step {step}: every target past its anchor and no longer moving "
+                                        f"({_erased_text(info.erased, mode)}; erase_until auto "
+                                        f"{cfg.erase_until:.0%} is out of its reach)")
                     break
         if self.stop == Stop.CAP:
             self.stop_reason = (f"WARNING: erase_until {cfg.erase_until:.0%} not reached in {cfg.steps} steps "
@@ -522,6 +538,12 @@ class Eraser:
             keep_projection=self.projection_note,
         )
         return erasure
+
+
+def _settled(measured: list[float]) -> bool:
+    """Whether the targets, all past their anchors (moved >= 1), gained under SETTLE_GAIN over SETTLE_CHECKS checks."""
+    return (len(measured) > SETTLE_CHECKS and measured[-1] >= 1.0
+            and measured[-1] - measured[-1 - SETTLE_CHECKS] < SETTLE_GAIN)
 
 
 def _erased_text(erased: float, mode: TargetMode) -> str:
