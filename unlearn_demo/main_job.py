@@ -402,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"the same graph with {QUICK['steps']} erasure steps, {QUICK['seeds']} seed and "
                         f"{QUICK['sample_steps']} sampler steps (a smoke test: the erasure is not complete)")
     a = p.parse_args(argv)
-    opts = JobOptions(concept=a.concept, anchor=a.anchor, divergence=a.divergence, alpha=a.alpha,
+    concept = a.concept if a.ckpt else a.concept.strip().lower()  # the demo's words are lower case: Circle = circle
+    opts = JobOptions(concept=concept, anchor=a.anchor, divergence=a.divergence, alpha=a.alpha,
                       target_mode=a.target_mode, learning_rate=a.lr, seeds=a.seeds,
                       steps=a.steps if a.steps is not None else d.steps,
                       sample_steps=a.sample_steps, cfg=a.cfg, seed=a.seed, ckpt=a.ckpt, prompts=a.prompt, keep=a.keep,
@@ -424,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n[demo] interrupted; ComfyUI was stopped (its log, if it had started: {a.out / 'comfyui.log'})",
               file=sys.stderr)
         return 130
-    print((a.out / "report.md").read_text())
+    summary = [line for line in (a.out / "report.md").read_text().splitlines() if line.startswith(("- ", "Host:"))]
+    print("\n".join(summary))
     print(f"[demo] grid:   {a.out / 'grid.png'}\n[demo] report: {a.out / 'report.md'} and {a.out / 'report.json'}\n"
           f"[demo] erasure file (loads with ComfyUI's LoraLoaderModelOnly): {a.out / 'erasure.safetensors'}\n"
           f"[demo] total {time.time() - start:.0f} s", file=sys.stderr)
