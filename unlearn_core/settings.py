@@ -132,3 +132,30 @@ def add_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
         parser.add_argument(s.flag, *s.aliases, type=s.kind, default=s.default, choices=s.choices,
                             help=f"{text}{bounds} (default: %(default)s)", **dest)
 
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, str):
+        return f"`{value}`" if value else "(empty)"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _accepts(s: Setting) -> str:
+    if s.kind is bool:
+        return "on, off"
+    if s.choices is not None:
+        return ", ".join(s.choices) if len(s.choices) <= 6 else "see below the table"
+    if s.low is None:
+        return "text"
+    auto = f", or {s.auto:g} (auto)" if s.auto is not None else ""
+    return f"{s.low:g} to {s.high:g}{auto}"
+
+
+def markdown_table(config_cls: type) -> str:
+    """The settings as a markdown table (name, default, accepted values, help): the README's, generated here."""
+    rows = ["| setting | default | accepts | what it does |", "| --- | --- | --- | --- |"]
+    for s in declared(config_cls):
+        name = f"`{s.name}`" + (" (optional)" if s.optional else "")
+        rows.append(f"| {name} | {_shown(s.default)} | {_accepts(s)} | {s.help} |")
+    return "\n".join(rows)

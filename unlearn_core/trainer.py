@@ -77,7 +77,7 @@ class EraseConfig:
     divergence: str = setting("hellinger", choices=divergence_names, help=(
         "hellinger: bounded, the gentlest closed form; mse: the classic KL/MSE; pearson_chi2: weights the samples "
         "that differ most; alpha: the Amari family with the alpha below; variational_*: f-GAN bound with a critic, "
-        "erases fastest and changes the rest most. See the README's measurements."))
+        "erases fastest and changes the rest most. Measured: benchmarks/results/choosing_a_divergence.md."))
     alpha: float = setting(0.5, "Alpha of the 'alpha' divergence (0.5 = Hellinger, 2 = chi²; 0 and 1 = KL).",
                            low=-5.0, high=5.0, step=0.05)
     sigma: float = setting(1.0, low=0.0, high=100.0, step=0.001, help=(
@@ -91,8 +91,7 @@ class EraseConfig:
         "show the target, e.g. circle -> shape)."))
     guidance_eta: float = setting(-1.0, low=0.0, high=10.0, step=0.1, auto=-1.0, help=(
         "Strength of negative_guidance / anchor_guidance (ESD's eta). -1 = auto: 0.5 where keep_projection is "
-        "applied (only the target's own words move, and at 1.0 they overshoot: the demo's erased circles lost some "
-        "colour), 1.0 (ESD's) where it is not."))
+        "applied (only the target's own words move, and at 1.0 they overshoot), 1.0 (ESD's) where it is not."))
     erase_from: str = setting("", "negative_guidance only: erase the target from this prompt (e.g. 'cowboy' to "
                                   "remove 'cowboy hat' from cowboys); empty = from the target itself.")
     parameter_set: str = setting("cross_attn_kv", choices=lambda: list(PARAMETER_SET_NAMES), help=(
@@ -102,8 +101,8 @@ class EraseConfig:
     lora_rank: int = setting(-1, "-1 = auto: full weight updates on SD1.x/SD2.x/SDXL UNets, a rank-16 LoRA on Flux "
                                  "and SD3 (a full update of Flux's text-stream qkv is 540M numbers); 0 trains full "
                                  "weight updates; >0 trains a LoRA of this rank.", low=0, high=256, auto=-1)
-    steps: int = setting(400, "The most optimiser steps: erase_until normally ends the run well before (the demos: "
-                               "20-60 steps, the flow demo 120-220); a run that reaches it says so.", low=1, high=100000)
+    steps: int = setting(400, "The most optimiser steps: erase_until normally ends the run before (the demo models: "
+                               "30-300 steps); a run that reaches it first ends with a warning.", low=1, high=100000)
     learning_rate: float = setting(5e-4, "AdamW learning rate.", low=1e-8, high=1.0, step=1e-6, aliases=("--lr",))
     batch_size: int = setting(4, "Prompt pairs per step.", low=1, high=64)
     grad_accumulation: int = 1
