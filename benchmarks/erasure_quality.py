@@ -44,8 +44,8 @@ domain's resolution, and again with ``erase_until`` off (all ``steps``); ``--x-s
 erasure the model's own samples of the target prompts instead of the engine's anchor samples.
 The grid modes (full, guidance, quick) turn ``keep_projection`` off and set ``guidance_eta`` to 1.0: they
 compare the losses against the keep loss (with the projection every loss keeps the demos' kept prompts exactly),
-as the README's tables were measured; ``--mode defaults`` and ``--agreement`` run the engine's defaults
-(``--set keep_projection=false``, ``--set guidance_eta=1`` change them).
+as the tables in benchmarks/results/choosing_a_divergence.md were measured; ``--mode defaults`` and
+``--agreement`` run the engine's defaults (``--set keep_projection=false``, ``--set guidance_eta=1`` change them).
 """
 
 from __future__ import annotations
@@ -214,7 +214,7 @@ def one_run(model: torch.nn.Module, concept: str, label: str, target_mode: str, 
         erase_until=0,  # the grid scores every run at the same steps
         keep_projection=False,  # and compares the losses against the keep loss (keep_projection keeps the demos'
         # kept prompts exactly whatever the loss)
-        guidance_eta=1.0)  # as the README's tables were measured (before the projection and eta auto were defaults)
+        guidance_eta=1.0)  # as benchmarks/results/choosing_a_divergence.md was measured
     config = EraseConfig(**bench, seed=seed, resolution=dom.resolution, x_source=x_source)
     latents = None
     if x_source == "latents":  # the model's own samples of the target prompts, as a user would encode them
@@ -621,7 +621,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--anchors", action="store_true",
                         help="run nothing else: print how often each concept's anchor prompts show the concept")
     parser.add_argument("--agreement", action="store_true",
-                        help="run nothing else: the Erasure Report's numbers beside the classifier's (README)")
+                        help="run nothing else: the Erasure Report's numbers beside the classifier's "
+                             "(benchmarks/results/erasure_report_agreement.md)")
     parser.add_argument("--agreement-steps", type=int, nargs="+", default=[10, 20, 30, 40, 60], metavar="STEP",
                         help="--agreement: the steps at which to read the probes and the classifier")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",

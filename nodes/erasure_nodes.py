@@ -83,7 +83,8 @@ class ErasureReport:
     DESCRIPTION = ("Measure an erasure in prediction space on probes it never trained on (the original model's "
                    "own samples of each anchor, noised at mid timesteps): how far each target prompt moved onto its "
                    "anchor (100% = predicts like the anchor; anchor_guidance aims past it) and how far the keep "
-                   "prompts drifted. See the README for how its numbers compare with a classifier.")
+                   "prompts drifted. How its numbers compare with a classifier: "
+                   "benchmarks/results/erasure_report_agreement.md.")
     CATEGORY = "unlearning"
     RETURN_TYPES = ("STRING", "IMAGE")
     RETURN_NAMES = ("report", "chart")

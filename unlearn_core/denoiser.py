@@ -4,7 +4,7 @@ Adapters (``unlearn_core.adapters.diffusers_sd``, ``nodes.comfy_adapter``) subcl
 Everything is in DDPM terms: ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` with integer timesteps
 ``t`` in ``[0, T)`` indexing ``alphas_cumprod``, and the network returns epsilon, v or a flow velocity
 according to ``prediction_type``. A flow-matching adapter states its schedule as the ``abar`` with the
-same signal-to-noise ratio and converts x_t itself (``schedule.flow_coordinates``); see README, "The maths".
+same signal-to-noise ratio and converts x_t itself (``schedule.flow_coordinates``); see docs/flow_models.md.
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ def divergence_names() -> list[str]:
 class EraseConfig:
     """Every erase setting. Those declared with ``setting`` are the node's widgets (in this order: saved
     workflows store them by position) and the CLI's options; the defaults are the benchmarked recipe
-    (README, "Choosing a divergence"). The others are engine-only."""
+    (benchmarks/results/choosing_a_divergence.md). The others are engine-only."""
 
     divergence: str = setting("hellinger", choices=divergence_names, help=(
         "hellinger: bounded, the gentlest closed form; mse: the classic KL/MSE; pearson_chi2: weights the samples "

@@ -3,7 +3,7 @@
 Every image is one pattern (stripes, checks, dots, grid, waves) at one scale (small or large period)
 with a random tilt of at most TILT from upright, random phase and contrast (dark ink on light paper). Every
 pattern is periodic, so a UNet without position embeddings can draw it (rings, whose centre is a position, and
-random orientations came out as labyrinths: README). Captions fall back to the superclass
+random orientations came out as labyrinths: docs/demo_domains.md). Captions fall back to the superclass
 word "pattern", so that anchors exist the way real models know "painting" for "Van Gogh":
 "small stripes", "stripes", "a small pattern", "a pattern", or the empty prompt.
 """
