@@ -68,7 +68,8 @@ from unlearn_demo.domains import DOMAINS, Domain
 from unlearn_core.injection import DeltaInjection
 from unlearn_core.samples import build_pool
 from unlearn_core.targets import TARGET_MODES
-from unlearn_core.trainer import EraseConfig, StepInfo, erase
+from unlearn_core.steps import StepInfo
+from unlearn_core.trainer import EraseConfig, erase
 
 DIVERGENCES = {  # label -> EraseConfig fields
     "mse (KL)": {"divergence": "mse"},

@@ -3,6 +3,7 @@
 from .concept_nodes import LoadConceptSet
 from .erasure_nodes import ApplyErasedUNet, ErasureReport, SaveErasure
 from .paths import register_folders
+from .probe_node import RobustnessProbe
 from .unlearn_node import DivergenceUnlearn
 
 register_folders()
@@ -14,6 +15,7 @@ NODE_CLASS_MAPPINGS = {
     "DivergenceUnlearnApplyErasure": ApplyErasedUNet,
     "DivergenceUnlearnSaveErasure": SaveErasure,
     "DivergenceUnlearnErasureReport": ErasureReport,
+    "DivergenceUnlearnRobustnessProbe": RobustnessProbe,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -22,4 +24,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "DivergenceUnlearnApplyErasure": "Apply Erased UNet",
     "DivergenceUnlearnSaveErasure": "Save Erasure",
     "DivergenceUnlearnErasureReport": "Erasure Report",
+    "DivergenceUnlearnRobustnessProbe": "Robustness Probe",
 }

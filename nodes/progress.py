@@ -11,7 +11,7 @@ import comfy.model_management as mm
 import comfy.utils
 
 from ..unlearn_core.plot import line_chart
-from ..unlearn_core.trainer import StepInfo
+from ..unlearn_core.steps import StepInfo
 from .host import HAS_V3_API
 
 
@@ -53,4 +53,6 @@ class TrainingProgress:
                 print(f"[Divergence Unlearn] {info.check_text()}")
             if HAS_V3_API and (len(self.history) % self.preview_every == 0 or info.step == info.total):
                 preview = ("PNG", loss_chart(self.history, f"{self.title}, step {info.step}/{info.total}"), None)
+        if info.phase == "attack" and (info.step % self.log_every == 0 or info.step in (1, info.total)):
+            print(f"[Divergence Unlearn] attack step {info.step}/{info.total} loss {info.loss:.5g}")
         bar.update_absolute(info.step, info.total, preview)

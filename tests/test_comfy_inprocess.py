@@ -32,7 +32,8 @@ def encode(clip, text):
 
 def test_pack_registers_nodes_with_display_names(comfy, pack_nodes):
     assert set(pack_nodes) == {"DivergenceUnlearnLoadConceptSet", "DivergenceUnlearn", "DivergenceUnlearnApplyErasure",
-                               "DivergenceUnlearnSaveErasure", "DivergenceUnlearnErasureReport"}
+                               "DivergenceUnlearnSaveErasure", "DivergenceUnlearnErasureReport",
+                               "DivergenceUnlearnRobustnessProbe"}
     assert comfy.NODE_DISPLAY_NAME_MAPPINGS["DivergenceUnlearn"] == "Divergence Unlearn (α)"
     for cls in pack_nodes.values():
         assert cls.CATEGORY == "unlearning" and cls.DESCRIPTION
@@ -69,6 +70,27 @@ def test_unlearn_returns_erased_clone_and_leaves_input_untouched(pack_nodes, sd1
         assert torch.equal(v, weights_before[k]), f"shared weight {k} changed"
     assert erasure.metadata["family"] == "SD15" and erasure.metadata["key_format"] == "ldm"
     assert all(".attn2.to_" in n for n in erasure.names)
+
+
+def test_robustness_probe_attacks_an_erasure_in_the_host(pack_nodes, sd15_model, sd15_clip):
+    """The probe learns a soft prompt through the host's UNet (under inference mode, as the executor runs it)."""
+    concepts, _ = load_concepts(pack_nodes, "a red circle -> a red shape\nkeep: a blue square")
+    _, erasure, _ = unlearn(pack_nodes, sd15_model, sd15_clip, concepts)
+    weights_before = {k: v.clone() for k, v in sd15_model.model.diffusion_model.state_dict().items()}
+    settings = dict(attack="soft_prompt", steps=3, learning_rate=5e-3, images=2, batch_size=2, init_word="", seed=0,
+                    resolution=32, sample_steps=2)
+    node = pack_nodes["DivergenceUnlearnRobustnessProbe"]()
+    with torch.inference_mode():
+        out = node.probe(sd15_model, sd15_clip, erasure, concepts, **settings)
+    chart, conditioning, text = out["result"]
+    assert chart.shape[0] == 1 and chart.shape[-1] == 3  # no VAE: the chart of the numbers
+    target = encode(sd15_clip, "a red circle")
+    assert conditioning[0][0].shape == target.shape and not torch.allclose(conditioning[0][0], target.float())
+    assert "restored" in text and out["ui"]["text"] == [text]
+    for k, v in sd15_model.model.diffusion_model.state_dict().items():
+        assert torch.equal(v, weights_before[k]), f"shared weight {k} changed"
+    with pytest.raises(ValueError, match="use the attack soft_prompt"), torch.inference_mode():
+        node.probe(sd15_model, sd15_clip, erasure, concepts, **{**settings, "attack": "textual_inversion"})
 
 
 def test_unlearn_trains_through_host_blocks_with_grad(pack_nodes, sd15_model, sd15_clip):

@@ -1,7 +1,8 @@
-"""Command line on diffusers pipeline folders: ``divergence-unlearn {erase,generate} ...``.
+"""Command line on diffusers pipeline folders: ``divergence-unlearn {erase,generate,probe} ...``.
 
 The same as ``python -m unlearn_core ...``. ``erase`` trains an erasure file from a concept set,
-``generate`` draws a before/after grid with an erasure file. (A tiny pipeline with random weights to
+``generate`` draws a before/after grid with an erasure file, ``probe`` attacks an erasure file
+(``unlearn_core.attacks``) and says how far the attack brings the erased targets back. (A tiny pipeline with random weights to
 try them on: ``python -m unlearn_demo toy-pipeline FOLDER``.)
 """
 
@@ -14,9 +15,11 @@ import os
 import sys
 from pathlib import Path
 
+from .attacks import AttackConfig
 from .concepts import ConceptSetError, load_concept_file, parse_concept_text
 from .settings import add_arguments, check, config_from_inputs
-from .trainer import EraseConfig, StepInfo, Stop, erase
+from .steps import StepInfo
+from .trainer import EraseConfig, Stop, erase
 
 
 def _concepts(value: str):
@@ -88,6 +91,43 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_probe(args) -> int:
+    """Attack ``--erasure`` on ``--pipeline`` for the targets of ``--concepts``; print the result."""
+    import torch
+
+    from .adapters.diffusers_sd import DiffusersDenoiser, check_fits
+    from .attacks import probe
+    from .erasure import Erasure
+    from .plot import comparison_grid
+
+    config = config_from_inputs(AttackConfig, vars(args))
+    check(config)
+    if args.out and Path(args.out).suffix.lower() != ".png":
+        raise ValueError(f"the grid is written as PNG: give --out a .png name, not {Path(args.out).name!r}")
+    concepts = _concepts(args.concepts)
+    erasure = Erasure.load(args.erasure)
+    denoiser, pipe = DiffusersDenoiser.from_folder(args.pipeline, device=args.device)
+    check_fits(pipe.unet, erasure)
+    result = probe(denoiser, erasure, concepts, config, callback=_progress)
+    print(result.text())
+    if args.out:
+        with torch.no_grad():
+            columns = [pipe.image_processor.postprocess(pipe.vae.decode(
+                result.latents[k].to(pipe.vae.device, pipe.vae.dtype) / pipe.vae.config.scaling_factor).sample,
+                output_type="pil") for k in ("original", "erased", "attacked")]
+        per = len(columns[0]) // len(result.prompts)
+        rows = [(result.before.pairs[i // per]["target"], [c[i] for c in columns]) for i in range(len(columns[0]))]
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        comparison_grid(rows, ["original", "erased", f"erased + {result.attack}"]).save(out)
+        print(f"original | erased | attacked images written to {out}")
+    if args.report_json:
+        Path(args.report_json).write_text(json.dumps({"attack": result.attack, "prompts": result.prompts,
+                                                      "before": result.before.pairs, "after": result.after.pairs,
+                                                      "restored": result.restored()}, indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     prog = "python -m unlearn_core" if Path(sys.argv[0]).name == "__main__.py" else Path(sys.argv[0]).name
     parser = argparse.ArgumentParser(prog=prog, description=__doc__,
@@ -117,6 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--strength", type=float, default=1.0, help="W = W0 + strength * delta")
     g.add_argument("--device", default="cuda" if _cuda() else "cpu")
     g.set_defaults(run=cmd_generate)
+
+    p = sub.add_parser("probe", help="attack an erasure file: can a learnt prompt bring the erased targets back?")
+    p.add_argument("--pipeline", required=True, help="the diffusers pipeline folder the erasure was trained on")
+    p.add_argument("--erasure", required=True, help="an erasure .safetensors file written by `erase`")
+    p.add_argument("--concepts", required=True, help="the erased concept set (file or inline, as for `erase`)")
+    add_arguments(p, AttackConfig)
+    p.add_argument("--out", help="also write original | erased | attacked images as a .png grid")
+    p.add_argument("--report-json", help="also write the result as JSON")
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.set_defaults(run=cmd_probe)
     return parser
 
 

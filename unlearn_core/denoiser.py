@@ -48,6 +48,16 @@ class Denoiser(nn.Module):
         """Conditioning for ``prompts`` at image ``size`` (height, width in pixels)."""
         raise NotImplementedError
 
+    def word_embedding(self, word: str) -> Tensor:
+        """The text encoder's input embedding of ``word`` (where textual inversion starts); hosts whose text encoder
+        the engine cannot differentiate raise NotImplementedError."""
+        raise NotImplementedError(f"{type(self).__name__}'s text encoder takes no learnt word")
+
+    def encode_with_word(self, prompts: list[str], word: str, vector: Tensor, size: tuple[int, int]) -> Conditioning:
+        """Conditioning of ``prompts`` in which ``word`` is a new token with input embedding ``vector``,
+        differentiable in ``vector`` (textual inversion)."""
+        raise NotImplementedError(f"{type(self).__name__}'s text encoder takes no learnt word")
+
     def checkpoint_blocks(self) -> list[str]:
         """Names (inside ``net``) of the blocks that gradient checkpointing recomputes in backward: by default
         every block of the architecture's block lists (``architectures.Architecture.checkpoint_lists``)."""
@@ -58,11 +68,19 @@ class Denoiser(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.net.parameters()).device
+        return self._first_parameter().device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.net.parameters()).dtype
+        return self._first_parameter().dtype
+
+    def _first_parameter(self) -> Tensor:
+        """A parameter of ``net``, or the one seen last where a DeltaInjection of every parameter (parameter set
+        ``full``) has made them plain attributes for its duration."""
+        param = next(self.net.parameters(), None)
+        if param is not None:
+            self.__dict__["_seen_parameter"] = param
+        return self.__dict__["_seen_parameter"]
 
 
 def cat_cond(conds: list[Conditioning]) -> Conditioning:

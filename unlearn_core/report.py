@@ -64,18 +64,19 @@ class ErasureReport:
 class Probes:
     """Fixed probes (see the module docstring) with the original model's predictions on them.
 
-    Build it while ``denoiser`` computes the original model (its samples are the probes). With
+    Build it while ``denoiser`` computes the original model (its samples are the probes; with ``of_targets``
+    its samples of the target prompts instead of the anchors: the images an attack brings back). With
     ``target_mode`` (and its ``eta`` and ``erase_from``) it also measures each pair's progress towards
     that mode's aim (module docstring).
     """
 
     def __init__(self, denoiser: Denoiser, predict: Predict, pairs: list[tuple[str, str]], keep: list[str],
                  conds: dict[str, Conditioning], per_pair: int, resolution: int, generator: torch.Generator,
-                 target_mode: str | None = None, eta: float = 1.0, erase_from: str = ""):
+                 target_mode: str | None = None, eta: float = 1.0, erase_from: str = "", of_targets: bool = False):
         self.pairs, self.keep, self.conds = pairs, keep, conds
-        anchors = cat_cond([conds[a] for _, a in pairs])
+        drawn = cat_cond([conds[t if of_targets else a] for t, a in pairs])  # of_targets: where an attack restores
         side = resolution // denoiser.latent_downscale
-        pool = build_pool("anchor_samples", denoiser, anchors, conds[""], per_pair * len(pairs),
+        pool = build_pool("anchor_samples", denoiser, drawn, conds[""], per_pair * len(pairs),
                           (denoiser.latent_channels, side, side), PROBE_SAMPLE_STEPS, PROBE_GUIDANCE, generator)
         num_t = denoiser.alphas_cumprod.shape[0]
         lo, hi = (round(f * (num_t - 1)) for f in PROBE_WINDOW)
@@ -106,11 +107,17 @@ class Probes:
 
     def _run(self, predict: Predict, original: bool, prompts: list[str]) -> Tensor:
         """Each probe's prediction for its own pair's prompt from ``prompts`` (one per pair)."""
-        return predict(original, self.x_t, self.t, index_cond(cat_cond([self.conds[p] for p in prompts]), self.pair))
+        return self._ask(predict, original, cat_cond([self.conds[p] for p in prompts]))
 
-    def measure(self, predict: Predict) -> ErasureReport:
-        """The report of the erased model that ``predict(False, ...)`` evaluates."""
-        erased = self._run(predict, False, [t for t, _ in self.pairs])
+    def _ask(self, predict: Predict, original: bool, conds: Conditioning) -> Tensor:
+        """Each probe's prediction for its own pair's row of ``conds`` (one row per pair)."""
+        return predict(original, self.x_t, self.t, index_cond(conds, self.pair))
+
+    def measure(self, predict: Predict, asked: Conditioning | None = None) -> ErasureReport:
+        """The report of the erased model that ``predict(False, ...)`` evaluates; with ``asked`` (one row per
+        pair: an attack's conditioning) the erased model is asked with those rows instead of the target prompts."""
+        erased = (self._run(predict, False, [t for t, _ in self.pairs]) if asked is None
+                  else self._ask(predict, False, asked))
         report = ErasureReport()
         for i, (target, anchor) in enumerate(self.pairs):
             rows = self.pair == i

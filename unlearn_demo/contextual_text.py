@@ -53,9 +53,8 @@ class ContextualEncoder(WordEncoder):
         self.final_norm = nn.LayerNorm(width)
         self.lift = nn.Linear(width, WIDTH, bias=False)
 
-    def forward(self, prompts: list[str]) -> torch.Tensor:
-        rows = torch.tensor([[self.rows[i] for i in self.ids(p)] for p in prompts], device=self.table.device)
-        x = self.table[rows] + self.position
+    def forward(self, prompts: list[str], learnt: tuple[str, torch.Tensor] | None = None) -> torch.Tensor:
+        x = self.embed(prompts, learnt) + self.position
         for layer in self.layers:
             x = layer(x)
         return self.lift(self.final_norm(x))

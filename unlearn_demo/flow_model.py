@@ -237,13 +237,13 @@ class FlowDemoModel(nn.Module):
     def load(cls, folder: Path = FLOW_WEIGHTS, demo_folder: Path = WEIGHTS) -> "FlowDemoModel":
         return cls(load_transformer(folder), DemoModel.load(demo_folder)).eval()
 
-    def text(self, prompts: list[str]) -> Conditioning:
+    def text(self, prompts: list[str], learnt: tuple[str, Tensor] | None = None) -> Conditioning:
         """The text tokens [B, CONTEXT_TOKENS, 768] and the pooled vector y [B, 768]: the end token's state, as
         CLIP pools. The demo's text encoder has identity layers, so y is the same for every prompt and the
         prompt reaches the image only through the text stream, as in Flux where T5's tokens carry it. (A
         first version pooled the mean of the rows: the network read the shape from y alone, out of reach
         of the text-stream parameter sets, and erasure there changed nothing.)"""
-        context = self.words(prompts)[:, :CONTEXT_TOKENS]
+        context = self.words(prompts, learnt)[:, :CONTEXT_TOKENS]
         return {"context": context, "y": context[:, -1]}
 
     def encode(self, images: Tensor) -> Tensor:
@@ -280,6 +280,7 @@ class FlowDemoDenoiser(Denoiser):
         super().__init__()
         self.net = model.transformer
         self.model_text = model.text
+        self.model_words = model.words
         self.sigmas = flow_sigmas(shift=shift)
         self.alphas_cumprod = abar_from_flow_sigma(self.sigmas)
 
@@ -291,3 +292,9 @@ class FlowDemoDenoiser(Denoiser):
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str], size: tuple[int, int]) -> Conditioning:
         return {k: v.to(self.device) for k, v in self.model_text(prompts).items()}
+
+    def word_embedding(self, word: str) -> Tensor:
+        return self.model_words.word_row(word)
+
+    def encode_with_word(self, prompts: list[str], word: str, vector: Tensor, size: tuple[int, int]) -> Conditioning:
+        return {k: v.to(self.device) for k, v in self.model_text(prompts, (word, vector)).items()}

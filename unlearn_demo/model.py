@@ -134,6 +134,12 @@ class DemoDenoiser(Denoiser):
     def encode_prompts(self, prompts: list[str], size: tuple[int, int]) -> Conditioning:
         return {"context": self.words(prompts).to(self.device)}
 
+    def word_embedding(self, word: str) -> Tensor:
+        return self.words.word_row(word)
+
+    def encode_with_word(self, prompts: list[str], word: str, vector: Tensor, size: tuple[int, int]) -> Conditioning:
+        return {"context": self.words(prompts, (word, vector)).to(self.device)}
+
     def checkpoint_blocks(self) -> list[str]:
         return ["input_blocks.1", "middle_block", "output_blocks.0", "output_blocks.1"]
 

@@ -108,6 +108,9 @@ class PatternDenoiser(DemoDenoiser):
     def encode_prompts(self, prompts: list[str], size: tuple[int, int]) -> Conditioning:
         return {"context": self.words(prompts)[:, :CONTEXT_TOKENS].to(self.device)}
 
+    def encode_with_word(self, prompts: list[str], word: str, vector: Tensor, size: tuple[int, int]) -> Conditioning:
+        return {"context": self.words(prompts, (word, vector))[:, :CONTEXT_TOKENS].to(self.device)}
+
 
 def pattern_prompts(concept: str) -> tuple[str, list[tuple[str, str]], list[str]]:
     """(concept-set text, target prompts with the pattern they should show, kept prompts) for erasing a pattern."""

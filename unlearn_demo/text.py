@@ -17,6 +17,7 @@ CONTEXT_LENGTH = 77
 WIDTH = 768
 VOCAB_SIZE = 49408
 START, END = 49406, 49407  # CLIP's <|startoftext|> and <|endoftext|> (also the padding token for SD1)
+LEARNT = -1  # the id of a word whose row is given (textual inversion), not looked up
 LAYERS, MLP_WIDTH = 12, 3072
 PREFIX = "cond_stage_model.transformer.text_model."
 
@@ -30,18 +31,36 @@ class WordEncoder(nn.Module):
         self.rows = {tid: i for i, tid in enumerate([START, END, *self.token_ids.values()])}
         self.table = nn.Parameter(torch.randn(len(self.rows), WIDTH) * 0.5)
 
-    def ids(self, prompt: str) -> list[int]:
-        """CLIP token ids: start, one id per word (lower case, split on spaces and commas), end, padding."""
+    def ids(self, prompt: str, learnt_word: str | None = None) -> list[int]:
+        """CLIP token ids: start, one id per word (lower case, split on spaces and commas), end, padding;
+        ``learnt_word`` (textual inversion's new word) gets the id LEARNT."""
         words = prompt.lower().replace(",", " ").split()
-        unknown = [w for w in words if w not in self.token_ids]
+        unknown = [w for w in words if w not in self.token_ids and w != learnt_word]
         if unknown:
             raise ValueError(f"words {unknown} are not in the demo vocabulary {sorted(self.token_ids)}")
-        ids = [START, *(self.token_ids[w] for w in words)][: CONTEXT_LENGTH - 1] + [END]
+        ids = [START, *(LEARNT if w == learnt_word else self.token_ids[w] for w in words)][: CONTEXT_LENGTH - 1]
+        ids += [END]
         return ids + [END] * (CONTEXT_LENGTH - len(ids))
 
-    def forward(self, prompts: list[str]) -> torch.Tensor:
-        rows = torch.tensor([[self.rows[i] for i in self.ids(p)] for p in prompts], device=self.table.device)
-        return F.layer_norm(self.table[rows], (WIDTH,), eps=1e-5)
+    def embed(self, prompts: list[str], learnt: tuple[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The input rows [B, 77, table width] of ``prompts``; with ``learnt = (word, vector)`` that word's row
+        is ``vector`` (differentiable: textual inversion learns it)."""
+        word, vector = learnt or (None, None)
+        ids = [self.ids(p, word) for p in prompts]
+        x = self.table[torch.tensor([[self.rows.get(i, 0) for i in row] for row in ids], device=self.table.device)]
+        if vector is None:
+            return x
+        learnt_rows = torch.tensor(ids, device=x.device) == LEARNT
+        return torch.where(learnt_rows[..., None], vector.to(x), x)
+
+    def word_row(self, word: str) -> torch.Tensor:
+        """The input row of a vocabulary word (where textual inversion starts)."""
+        if word.lower() not in self.token_ids:
+            raise ValueError(f"{word!r} is not in the demo vocabulary {sorted(self.token_ids)}")
+        return self.table[self.rows[self.token_ids[word.lower()]]].detach().clone()
+
+    def forward(self, prompts: list[str], learnt: tuple[str, torch.Tensor] | None = None) -> torch.Tensor:
+        return F.layer_norm(self.embed(prompts, learnt), (WIDTH,), eps=1e-5)
 
     def token_embedding(self) -> torch.Tensor:
         """CLIP-L's full token table [49408, 768]: our rows at their ids, zeros elsewhere."""

@@ -94,6 +94,12 @@ class DiffusersDenoiser(Denoiser):
                 "text_embeds": out2.text_embeds.to(self.dtype), "time_ids": time_ids.to(self.dtype)}
 
 
+def check_fits(unet: nn.Module, erasure: Erasure) -> None:
+    """Raise unless ``erasure`` names ``unet``'s tensors (diffusers names, same shapes, same family)."""
+    erasure.check_against({n: tuple(p.shape) for n, p in unet.named_parameters()}, family_of_unet(unet),
+                          key_format="diffusers")
+
+
 def before_after_images(pipe, erasure: Erasure, prompts: list[str], steps: int = 30, seed: int = 0,
                         guidance: float = 7.5, resolution: int | None = None,
                         strength: float = 1.0) -> list[tuple[Image.Image, Image.Image]]:
@@ -102,8 +108,7 @@ def before_after_images(pipe, erasure: Erasure, prompts: list[str], steps: int =
     The erasure is checked against ``pipe.unet`` first (names, shapes, diffusers key format).
     """
     unet = pipe.unet
-    erasure.check_against({n: tuple(p.shape) for n, p in unet.named_parameters()}, family_of_unet(unet),
-                          key_format="diffusers")
+    check_fits(unet, erasure)
 
     def images() -> list[Image.Image]:
         return [pipe(prompt, height=resolution, width=resolution, num_inference_steps=steps, guidance_scale=guidance,

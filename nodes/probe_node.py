@@ -1,0 +1,89 @@
+"""Robustness Probe: attack an erasure inside the graph (unlearn_core.attacks) and show what it brings back."""
+
+from __future__ import annotations
+
+import traceback
+
+import torch
+from PIL import Image
+
+from ..unlearn_core.attacks import AttackConfig, ProbeResult, probe
+from ..unlearn_core.plot import bar_chart, comparison_grid
+from ..unlearn_core.settings import config_from_inputs, node_inputs
+from .comfy_adapter import ComfyDenoiser, in_host_names, model_family, network_shapes, training_compatible
+from .images import to_image_tensor
+from .progress import TrainingProgress
+
+
+class RobustnessProbe:
+    DESCRIPTION = ("Attack an erasure: learn, on the erased model, the conditioning that brings each target back "
+                   "(soft_prompt: an offset on the text encoder's output; textual_inversion: one new word, demo models) "
+                   "from images of the target the original model draws. Reports, in the Erasure Report's terms, how "
+                   "far the attack restores each target's prediction (100% = as before the erasure), shows the "
+                   "original, erased and attacked images side by side, and outputs the attack's conditioning to "
+                   "sample with. Measured: benchmarks/results/robustness.md.")
+    CATEGORY = "unlearning"
+    RETURN_TYPES = ("IMAGE", "CONDITIONING", "STRING")
+    RETURN_NAMES = ("images", "adversarial_conditioning", "report")
+    OUTPUT_TOOLTIPS = ("Original | erased | erased asked with the attack, per target prompt (same noise); without a "
+                       "VAE, a chart of how far the attack restored each target.",
+                       "The attack's conditioning of the first target prompt: connect it to a sampler's positive.",
+                       "The numbers as text.")
+    OUTPUT_NODE = True
+    FUNCTION = "probe"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The ORIGINAL model (before the erasure)."}),
+                "clip": ("CLIP", {"tooltip": "Its text encoder."}),
+                "erasure": ("ERASURE", {"tooltip": "The erasure to attack."}),
+                "concepts": ("CONCEPT_SET", {"tooltip": "The erased concept set: its target prompts are attacked."}),
+                **node_inputs(AttackConfig),
+            },
+            "optional": {"vae": ("VAE", {"tooltip": "Decodes the preview images; without it the images output is "
+                                                    "a chart of the numbers."})},
+        }
+
+    def probe(self, model, clip, erasure, concepts, vae=None, **settings):
+        config = config_from_inputs(AttackConfig, settings)
+        erasure = in_host_names(model, erasure)
+        erasure.check_against(network_shapes(model), model_family(model))
+        progress = TrainingProgress(f"{config.attack} attack")
+        denoiser = ComfyDenoiser(model, clip)
+        try:
+            with torch.inference_mode(False), torch.enable_grad(), training_compatible():
+                result = probe(denoiser, erasure, concepts, config, callback=progress)
+        except BaseException as error:  # Cancel too: the host keeps the error, so free the frames' tensors now
+            traceback.clear_frames(error.__traceback__)
+            raise
+        finally:
+            denoiser.release()
+        text = result.text()
+        print(f"[Divergence Unlearn] {text}")
+        bars = [(f"restored: {p['target']}", 1 - p["moved"]) for p in result.after.pairs]
+        images = _grid(result, model, vae) if vae is not None else bar_chart(bars, "Robustness probe")
+        grid = to_image_tensor(images)
+        return {"ui": {"text": [text]}, "result": (grid, _conditioning(result, clip), text)}
+
+
+def _decoded(latents: torch.Tensor, model, vae) -> list[Image.Image]:
+    pixels = vae.decode(model.model.process_latent_out(latents.float()))
+    return [Image.fromarray((255 * p.clamp(0, 1)).byte().cpu().numpy()) for p in pixels.reshape(-1, *pixels.shape[-3:])]
+
+
+def _grid(result: ProbeResult, model, vae) -> Image.Image:
+    columns = [_decoded(result.latents[k], model, vae) for k in ("original", "erased", "attacked")]
+    per = len(columns[0]) // len(result.prompts)
+    labels = [result.before.pairs[i // per]["target"] for i in range(len(columns[0]))]
+    rows = [(label, [column[i] for column in columns]) for i, label in enumerate(labels)]
+    return comparison_grid(rows, ["original", "erased", f"erased + {result.attack}"])
+
+
+def _conditioning(result: ProbeResult, clip) -> list:
+    """The attack's first row as a CONDITIONING, with the target prompt's pooled output where CLIP gives one."""
+    with torch.inference_mode():
+        _, pooled = clip.encode_from_tokens(clip.tokenize(result.before.pairs[0]["target"]), return_pooled=True)
+    extra = {"pooled_output": pooled.clone()} if pooled is not None else {}
+    return [[result.conditioning["context"][:1].float().clone(), extra]]
