@@ -60,10 +60,10 @@ class DivergenceUnlearn:
             traceback.clear_frames(error.__traceback__)
             raise
         meta = erasure.metadata
-        print(f"[Divergence Unlearn] done in {meta['seconds']:.1f} s: {meta['stopped']}; keep projection: "
-              f"{meta['keep_projection']}")
+        print(f"[Divergence Unlearn] done in {meta['seconds']:.1f} s: {meta['stopped']}; erase_mode "
+              f"{config.erase_mode}; keep projection: {meta['keep_projection']}")
         capped = meta["stop"] == Stop.CAP
-        title = f"{config.divergence}, {progress.history[-1].step} steps, {meta['seconds']:.1f} s"
+        title = f"{config.erase_mode} {config.divergence}, {progress.history[-1].step} steps, {meta['seconds']:.1f} s"
         chart = loss_chart(progress.history, title if capped else f"{title}: {meta['stopped']}",
                            warning=meta["stopped"] if capped else "")
         return (apply_erasure(model, erasure, 1.0), erasure, to_image_tensor(chart))

@@ -174,7 +174,7 @@ def test_progress_prints_phases_prompts_steps_loss_and_seconds_left():
     assert "before images: prompt 2/2 drawn (15 sampler steps), ~0 s left" in text
     assert "[demo] erasure: started" in text and "anchor images drawn (10 sampler steps)" in text
     assert "(60 sampler steps)" not in text  # the training bar is not a second pool
-    assert "erasure: step 11/60, loss -0.98, ~49 s left" in text and "noise" not in text
+    assert "erasure: step 11/60, loss -0.98, at most ~49 s left" in text and "noise" not in text
     assert phase_of("after3_decode") == "after images" and phase_of("negative") is None
     assert seconds_left(10.0, 2, 6) == 20.0
 

@@ -214,6 +214,7 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from unlearn_core.atomic_write import write_numbered  # no torch: the processes start fast and overlap
 folder, blobs = Path(sys.argv[2]), sorted(Path(sys.argv[3]).glob(sys.argv[4] + "-*"))
+(folder.parent / f"ready-{sys.argv[4]}").touch()
 while not (folder / "go").exists():
     time.sleep(0.005)
 for blob in blobs:
@@ -230,7 +231,10 @@ def test_processes_saving_with_one_prefix_lose_nothing(tmp_path):
             small_erasure(f"{i}-{j}").save(blobs / f"{i}-{j}.safetensors")
     procs = [subprocess.Popen([sys.executable, "-c", SAVER, str(ROOT), str(folder), str(blobs), str(i)])
              for i in range(3)]
-    time.sleep(1)
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("ready-*"))) < 3:  # every process imported and waiting: then they start together
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "a saver did not start"
+        time.sleep(0.01)
     (folder / "go").touch()
     assert [p.wait(timeout=300) for p in procs] == [0, 0, 0]
     assert saved_markers(folder) == sorted(f"{i}-{j}" for i in range(3) for j in range(8))

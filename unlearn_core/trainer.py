@@ -45,7 +45,7 @@ from .architectures import ARCHITECTURES, PARAMETER_SET_NAMES
 from .attacks import SoftPrompt, learn_step
 from .parameters import WeightDeltas, select_parameters
 from .report import Probes, encode_all
-from .samples import X_SOURCES, build_pool
+from .samples import X_SOURCES, LatentPool, build_pool
 from .settings import check, setting
 from .steps import StepInfo
 from .targets import TARGET_MODES, PromptBank, TargetMode
@@ -294,6 +294,15 @@ class Eraser:
         note = f"{len(readers)} tensors trained off {span}; the targets keep {spread} of their most distinct row"
         return (readers, basis.to(self.device)), note
 
+    def _sample_keep_prompts(self) -> LatentPool:
+        """The frozen model's images of each keep prompt (as many as the anchor samples, at least one each)."""
+        cfg = self.config
+        count = next(iter(self._keep.values())).shape[0]
+        uncond = index_cond(self._bank.uncond, torch.zeros(count, dtype=torch.long))
+        return build_pool("anchor_samples", self.denoiser, self._keep, uncond, max(cfg.num_samples, count),
+                          self._latent_shape(), cfg.sample_steps, cfg.sample_guidance, self.generator,
+                          on_step=lambda i, n: self.callback(StepInfo("sampling", i, n)))
+
     def _latent_shape(self) -> tuple[int, int, int]:
         side = self.config.resolution // self.denoiser.latent_downscale
         return (self.denoiser.latent_channels, side, side)
@@ -317,10 +326,13 @@ class Eraser:
                                     self._latent_shape(), cfg.sample_steps, cfg.sample_guidance, self.generator,
                                     self.user_latents,
                                     on_step=lambda i, n: self.callback(StepInfo("sampling", i, n)))
-        self._adversary = None
+        self._adversary = self._keep_pool = None
         if cfg.erase_mode == "adversarial":
             self._adversary = SoftPrompt(self._bank.target, [t for t, _ in self.pairs])
             self._adversary_optimizer = torch.optim.Adam(self._adversary.parameters(), lr=ADVERSARY_LR)
+            if self._keep is not None:  # it trains the visual pathway: hold the keep prompts on their own images
+                with torch.no_grad():
+                    self._keep_pool = self._sample_keep_prompts()
         self._projection, self.projection_note = self._keep_projection(names)
         self.eta = cfg.guidance_eta if cfg.guidance_eta >= 0 else (PROJECTED_ETA if self._projection else 1.0)
         auto_until = TARGET_MODES[cfg.target_mode].auto_erase_until
@@ -344,8 +356,10 @@ class Eraser:
         return self._artefact(deltas, originals, history, time.monotonic() - started)
 
     def _draw(self) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Conditioning]:
-        """One batch: x_t, t, the frozen target, the keep prompts' frozen outputs, the trained conditionings (the
-        target prompts', with erase_mode adversarial the adversary's for the same pairs, then the keep prompts')."""
+        """One batch: the trained rows' x_t and t, the frozen target, the keep prompts' frozen outputs, and the
+        trained conditionings. The trained rows are the target prompts', with erase_mode adversarial the adversary's
+        for the same pairs (same x_t), then the keep prompts': at the same x_t, or with a keep pool (adversarial)
+        at their own images."""
         cfg, bank, keep = self.config, self._bank, self._keep
         mode = TARGET_MODES[cfg.target_mode]
         x_t, t, pair = self._pool.draw(cfg.batch_size, len(self.pairs), self._abar, cfg.timestep_sampling,
@@ -354,16 +368,26 @@ class Eraser:
         trained_conds = [index_cond(bank.target, pair)]
         if self._adversary is not None:
             trained_conds.append(self._adversarial_rows(x_t, t, pair))
+        erased_rows = len(trained_conds)
+        keep_x, keep_t = x_t, t
         if keep is not None:
-            keep_idx = torch.randint(0, next(iter(keep.values())).shape[0], (cfg.batch_size,), generator=self.generator)
+            if self._keep_pool is not None:
+                keep_x, keep_t, keep_idx = self._keep_pool.draw(cfg.batch_size, 1, self._abar, cfg.timestep_sampling,
+                                                                self.generator)
+            else:
+                keep_idx = torch.randint(0, next(iter(keep.values())).shape[0], (cfg.batch_size,),
+                                         generator=self.generator)
             frozen_conds.append(index_cond(keep, keep_idx))
             trained_conds.append(index_cond(keep, keep_idx))
-        reps = len(frozen_conds)
+        n_terms = len(frozen_conds) - (keep is not None)
+        frozen_x = torch.cat([x_t] * n_terms + [keep_x] * (keep is not None))
+        frozen_t = torch.cat([t] * n_terms + [keep_t] * (keep is not None))
         with torch.no_grad():
-            outs = self._net_call(True, x_t.repeat(reps, 1, 1, 1), t.repeat(reps), cat_cond(frozen_conds)).chunk(reps)
-        n_terms = reps - (keep is not None)
+            outs = self._net_call(True, frozen_x, frozen_t, cat_cond(frozen_conds)).chunk(len(frozen_conds))
         target = mode.combine(list(outs[:n_terms]), self.eta)
-        return x_t, t, target, (outs[-1] if keep is not None else None), cat_cond(trained_conds)
+        rows_x = torch.cat([x_t] * erased_rows + [keep_x] * (keep is not None))
+        rows_t = torch.cat([t] * erased_rows + [keep_t] * (keep is not None))
+        return rows_x, rows_t, target, (outs[-1] if keep is not None else None), cat_cond(trained_conds)
 
     def _adversarial_rows(self, x_t: Tensor, t: Tensor, pair: Tensor) -> Conditioning:
         """The adversary's conditioning for ``pair`` after ADVERSARY_STEPS steps of its attack on the model as it
@@ -386,6 +410,7 @@ class Eraser:
             critic_opt = torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr)
             for i in range(cfg.critic_warmup):
                 x_t, t, target, _, conds = self._draw()
+                x_t, t = x_t[: cfg.batch_size], t[: cfg.batch_size]  # the target prompts' rows
                 with torch.no_grad():
                     pred = self._net_call(False, x_t, t, index_cond(conds, torch.arange(cfg.batch_size)))
                 self._critic_step(critic, critic_opt, target, pred, t)
@@ -404,10 +429,9 @@ class Eraser:
             for _ in range(cfg.grad_accumulation):
                 x_t, t, target, keep_target, conds = self._draw()
                 copies = 2 if self._adversary is not None else 1  # erasure rows per sample: target (, adversary)
-                reps = copies + (keep_target is not None)
-                out = self._net_call(False, x_t.repeat(reps, 1, 1, 1), t.repeat(reps), conds)
+                out = self._net_call(False, x_t, t, conds)
                 erased_rows = copies * cfg.batch_size
-                pred, target, t = out[:erased_rows], target.repeat(copies, 1, 1, 1), t.repeat(copies)
+                pred, target, t = out[:erased_rows], target.repeat(copies, 1, 1, 1), t[:erased_rows]
                 s = squared_error(pred, target)
                 if self.variational:
                     self._critic_step(critic, critic_opt, target, pred.detach(), t)
@@ -508,8 +532,9 @@ class Eraser:
         s = []
         for _ in range(SIGMA_CALIBRATION_BATCHES):
             x_t, t, target, _, conds = self._draw()
+            rows = torch.arange(self.config.batch_size)  # the target prompts' rows
             with torch.no_grad():
-                pred = self._net_call(True, x_t, t, index_cond(conds, torch.arange(self.config.batch_size)))
+                pred = self._net_call(True, x_t[rows], t[rows], index_cond(conds, rows))
             s.append(squared_error(pred, target))
         return float(torch.cat(s).median().clamp_min(1e-12).sqrt())
 

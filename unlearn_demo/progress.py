@@ -29,8 +29,8 @@ def seconds_left(elapsed: float, done: float, total: float) -> float:
     return elapsed * (total - done) / done if done > 0 else float("nan")
 
 
-def _left(seconds: float) -> str:
-    return f", ~{seconds:.0f} s left" if seconds == seconds else ""
+def _left(seconds: float, bound: str = "") -> str:
+    return f", {bound}~{seconds:.0f} s left" if seconds == seconds else ""
 
 
 class JobProgress:
@@ -75,5 +75,6 @@ class JobProgress:
         if self.training_from is None:
             self.training_from = (step, now)
         first, since = self.training_from
+        # steps is a cap: erase_until usually ends the erasure before it, so the time left is a bound
         self.say(f"erasure: step {step}/{total}, loss {loss}"
-                 f"{_left(seconds_left(now - since, step - first, total - first))}")
+                 f"{_left(seconds_left(now - since, step - first, total - first), 'at most ')}")
