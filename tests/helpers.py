@@ -187,6 +187,7 @@ def adapt_for_tiny(prompt: dict, erasure_file: str | None = None) -> dict:
         "DivergenceUnlearn": dict(steps=3, resolution=32, anchor_samples=1, sample_steps=2, batch_size=1,
                                   precision="fp32"),
         "DivergenceUnlearnErasureReport": dict(resolution=32, probes=1),
+        "DivergenceUnlearnRobustnessProbe": dict(steps=2, images=1, batch_size=1, resolution=32, sample_steps=2),
         "DivergenceUnlearnApplyErasure": dict(erasure_file=erasure_file) if erasure_file else {},
         "EmptyLatentImage": dict(width=32, height=32),
         "KSampler": dict(steps=2),

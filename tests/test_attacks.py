@@ -111,3 +111,31 @@ def test_probe_cli_on_a_pipeline_folder(tiny_pipe, tmp_path):
                           "--report-json", str(tmp_path / "r.json")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "restored" in out.stdout and (tmp_path / "grid.png").is_file() and (tmp_path / "r.json").is_file()
+
+
+def test_adversarial_mode_runs_its_steps_and_says_which_mode_ran(demo):
+    _, denoiser, concepts = demo
+    erasure = erase(denoiser, concepts, EraseConfig(erase_mode="adversarial", parameter_set="non_cross_attn",
+                                                    steps=4, check_every=2, resolution=64, num_samples=4,
+                                                    sample_steps=4))
+    meta = erasure.metadata
+    assert meta["config"]["erase_mode"] == "adversarial" and meta["stop"] == "steps"
+    assert meta["stopped"].startswith("ran all 4 steps") and "the adversary's" in meta["stopped"]
+    assert "WARNING" not in meta["stopped"]
+    kv = erase(denoiser, concepts, EraseConfig(erase_mode="adversarial", steps=2, check_every=2, resolution=64,
+                                               num_samples=4, sample_steps=4))
+    assert "WARNING: erase_mode adversarial trained only the weights that read the text" in kv.metadata["stopped"]
+
+
+@pytest.mark.slow
+def test_adversarial_mode_resists_textual_inversion(demo):
+    """erase_mode adversarial on the visual pathway: the held-out attack (another seed and initial word, more steps)
+    brings few circles back, where it brings the plain erasure's back (test above)."""
+    model, denoiser, concepts = demo
+    erasure = erase(denoiser, concepts, EraseConfig(erase_mode="adversarial", parameter_set="non_cross_attn",
+                                                    resolution=64))
+    result = probe(denoiser, erasure, concepts, AttackConfig(attack="textual_inversion", steps=300, seed=1,
+                                                             init_word="square", resolution=64, sample_steps=10,
+                                                             preview_per_prompt=4))
+    assert circles(model, result.latents["original"]) >= 0.8
+    assert circles(model, result.latents["attacked"]) <= 0.25

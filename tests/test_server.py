@@ -60,6 +60,8 @@ def test_shipped_api_workflow_runs_headless(server, workflow, saved_erasure, com
         assert any(t.endswith(".safetensors") for t in texts), texts
     if any(n["class_type"] == "DivergenceUnlearnErasureReport" for n in prompt.values()):
         assert any("moved" in t for t in texts), texts
+    if any(n["class_type"] == "DivergenceUnlearnRobustnessProbe" for n in prompt.values()):
+        assert any("restored" in t for t in texts), texts
     if any(n["class_type"] == "SaveImage" for n in prompt.values()):
         assert images and all((server.output_dir / i["subfolder"] / i["filename"]).is_file() for i in images)
 

@@ -149,10 +149,12 @@ class EraseConfig:
         "words only the target has. Off = the keep loss alone (preservation_weight). No effect without keep "
         "prompts."))
     erase_mode: str = setting("plain", choices=lambda: list(ERASE_MODES), optional=True, help=(
-        "plain: erase the target prompts. adversarial: also erase under an attack that learns, as training goes, "
-        "the conditioning that brings the target back (a soft prompt on the text encoder's output, AdvUnlearn-style): "
-        "resists textual inversion and soft-prompt attacks; costs about 3x the time. Measured: "
-        "benchmarks/results/robustness.md."))
+        "plain: erase the target prompts; an attack that learns a new word or prompt brings the concept back. "
+        "adversarial (experimental): also erase under an adversary that learns, as training goes, the soft prompt that brings the "
+        "target back (AdvUnlearn-style), holding the keep prompts on their own images; it runs all steps. Use it with "
+        "parameter_set non_cross_attn: cross-attention K/V alone cannot resist. Measured: it resists on the shapes "
+        "demo at 14x the time and 6 points of its kept shapes, and on the pattern demos it does not resist and "
+        "damages the kept patterns: benchmarks/results/robustness.md."))
     critic_lr: float = 1e-4
     critic_warmup: int = 30
     log_every: int = 1  # host-device sync (loss, S, grad norm, finiteness check) every N steps
@@ -353,6 +355,11 @@ class Eraser:
         copies = ARCHITECTURES[self.denoiser.architecture].blocks_add_into_inputs
         with self._injection, checkpointed(self.denoiser.net, blocks, copy_inputs=copies):
             history = self._train(deltas)
+        reads_text = ARCHITECTURES[self.denoiser.architecture].reads_text
+        if self._adversary is not None and all(reads_text(n) for n in names):
+            self.stop_reason += (f"; WARNING: erase_mode adversarial trained only the weights that read the text "
+                                 f"(parameter_set {cfg.parameter_set}), which measured no resistance to the attacks: "
+                                 "use non_cross_attn")
         return self._artefact(deltas, originals, history, time.monotonic() - started)
 
     def _draw(self) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Conditioning]:
