@@ -270,10 +270,17 @@ def warn_if_other_weights(patcher, erasure: Erasure) -> None:
               "The erasure is applied all the same.")
 
 
-def apply_erasure(patcher, erasure: Erasure, strength: float):
-    """A clone of ``patcher`` with the erasure's deltas as weight patches (the input is untouched)."""
+def fitted(patcher, erasure: Erasure) -> Erasure:
+    """The erasure in this host's tensor names, checked against the model (names, shapes, family): what every node
+    that uses an erasure on a MODEL starts from."""
     erasure = in_host_names(patcher, erasure)
     erasure.check_against(network_shapes(patcher), model_family(patcher))
+    return erasure
+
+
+def apply_erasure(patcher, erasure: Erasure, strength: float):
+    """A clone of ``patcher`` with the erasure's deltas as weight patches (the input is untouched)."""
+    erasure = fitted(patcher, erasure)
     warn_if_other_weights(patcher, erasure)
     out = patcher.clone()
     if strength != 0:

@@ -12,7 +12,7 @@ import folder_paths
 from ..unlearn_core.erasure import Erasure
 from ..unlearn_core.plot import bar_chart
 from ..unlearn_core.report import measure
-from .comfy_adapter import ComfyDenoiser, apply_erasure, in_host_names, model_family, network_shapes
+from .comfy_adapter import ComfyDenoiser, apply_erasure, fitted
 from .images import to_image_tensor
 from .paths import erasure_save_target
 
@@ -109,8 +109,7 @@ class ErasureReport:
         }
 
     def report(self, model, clip, erasure, concepts, resolution: int, probes: int, seed: int):
-        erasure = in_host_names(model, erasure)
-        erasure.check_against(network_shapes(model), model_family(model))
+        erasure = fitted(model, erasure)
         denoiser = ComfyDenoiser(model, clip)
         try:
             with torch.inference_mode(False):

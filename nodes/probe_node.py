@@ -10,7 +10,7 @@ from PIL import Image
 from ..unlearn_core.attacks import AttackConfig, ProbeResult, probe
 from ..unlearn_core.plot import bar_chart, comparison_grid
 from ..unlearn_core.settings import config_from_inputs, node_inputs
-from .comfy_adapter import ComfyDenoiser, in_host_names, model_family, network_shapes, training_compatible
+from .comfy_adapter import ComfyDenoiser, fitted, training_compatible
 from .images import to_image_tensor
 from .progress import TrainingProgress
 
@@ -48,8 +48,7 @@ class RobustnessProbe:
 
     def probe(self, model, clip, erasure, concepts, vae=None, **settings):
         config = config_from_inputs(AttackConfig, settings)
-        erasure = in_host_names(model, erasure)
-        erasure.check_against(network_shapes(model), model_family(model))
+        erasure = fitted(model, erasure)
         progress = TrainingProgress(f"{config.attack} attack")
         denoiser = ComfyDenoiser(model, clip)
         try:
