@@ -139,3 +139,14 @@ def test_adversarial_mode_resists_textual_inversion(demo):
                                                              preview_per_prompt=4))
     assert circles(model, result.latents["original"]) >= 0.8
     assert circles(model, result.latents["attacked"]) <= 0.25
+
+
+def test_report_and_probe_run_on_an_erasure_of_every_parameter(demo):
+    """parameter_set full injects every tensor of the network: the device and dtype are still known."""
+    from unlearn_core.report import measure
+
+    _, denoiser, concepts = demo
+    erasure = erase(denoiser, concepts, EraseConfig(parameter_set="full", steps=1, **QUICK))
+    assert len(measure(denoiser, erasure, concepts, resolution=64, probes=1).pairs) == len(concepts.prompt_pairs())
+    result = probe(denoiser, erasure, concepts, AttackConfig(steps=1, images=2, resolution=64, sample_steps=2))
+    assert len(result.restored()) == len(concepts.prompt_pairs())
