@@ -2,8 +2,8 @@
 
 The same as ``python -m unlearn_core ...``. ``erase`` trains an erasure file from a concept set,
 ``generate`` draws a before/after grid with an erasure file, ``probe`` attacks an erasure file
-(``unlearn_core.attacks``) and says how far the attack brings the erased targets back. (A tiny pipeline with random weights to
-try them on: ``python -m unlearn_demo toy-pipeline FOLDER``.)
+(``unlearn_core.attacks``) and says how far the attack brings the erased targets back. (A tiny pipeline
+with random weights to try them on: ``python -m unlearn_demo toy-pipeline FOLDER``.)
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ Per step, for a batch of (x_t, t, prompt pair):
 The frozen model is the same network evaluated without the deltas: only the trained tensors are
 duplicated, and the input network is unchanged afterwards (``injection.DeltaInjection``). With
 ``keep_projection`` the updates of the weights that read the text are projected, after every step, off
-the keep prompts' text rows, so those prompts predict exactly as before (``keep_projection``).
+the keep prompts' text rows, so those prompts predict exactly as before (``keep_projection``). With
+``erase_mode`` adversarial an adversary (``attacks.SoftPrompt``) learns, between steps, the conditioning that
+brings each target back, and its rows are trained towards the same frozen target (docs/maths.md).
 """
 
 from __future__ import annotations
@@ -150,11 +152,11 @@ class EraseConfig:
         "prompts."))
     erase_mode: str = setting("plain", choices=lambda: list(ERASE_MODES), optional=True, help=(
         "plain: erase the target prompts; an attack that learns a new word or prompt brings the concept back. "
-        "adversarial (experimental): also erase under an adversary that learns, as training goes, the soft prompt that brings the "
-        "target back (AdvUnlearn-style), holding the keep prompts on their own images; it runs all steps. Use it with "
-        "parameter_set non_cross_attn: cross-attention K/V alone cannot resist. Measured: it resists on the shapes "
-        "demo at 14x the time and 6 points of its kept shapes, and on the pattern demos it does not resist and "
-        "damages the kept patterns: benchmarks/results/robustness.md."))
+        "adversarial (experimental): also erase under an adversary that learns, as training goes, the soft prompt "
+        "that brings the target back (AdvUnlearn-style), holding the keep prompts on their own images; it runs all "
+        "steps. Use it with parameter_set non_cross_attn: cross-attention K/V alone cannot resist. Measured: it "
+        "resists on the shapes demo at 14x the time and 6 points of its kept shapes, and on the pattern demos it "
+        "does not resist and damages the kept patterns: benchmarks/results/robustness.md."))
     critic_lr: float = 1e-4
     critic_warmup: int = 30
     log_every: int = 1  # host-device sync (loss, S, grad norm, finiteness check) every N steps
@@ -512,7 +514,8 @@ class Eraser:
                     break
         if self.stop == Stop.CAP:
             self.stop_reason = (f"WARNING: erase_until {cfg.erase_until:.0%} not reached in {cfg.steps} steps "
-                                f"({_erased_text(best.erased, mode, adversarial)}): the targets may not be erased; raise steps")
+                                f"({_erased_text(best.erased, mode, adversarial)}): the targets may not be erased; "
+                                "raise steps")
         elif self.stop == Stop.STEPS and self._probes is not None:  # the last step was a check
             self.stop_reason += f" ({_erased_text(best.erased, mode, adversarial)})"
         return history
