@@ -102,8 +102,7 @@ def test_a_workflow_saved_before_the_erase_until_settings_still_queues_the_same(
 
 
 COMMANDS = [["unlearn_core", "erase"], ["unlearn_core", "generate"], ["unlearn_core", "probe"], ["unlearn_core"],
-            ["unlearn_demo"],
-            ["unlearn_demo", "run"], ["unlearn_demo", "train"], ["unlearn_demo", "assemble"],
+            ["unlearn_demo"], ["unlearn_demo", "run"], ["unlearn_demo", "train"], ["unlearn_demo", "assemble"],
             ["unlearn_demo", "toy-pipeline"], ["unlearn_demo.train_patterns"]]
 
 
