@@ -180,7 +180,8 @@ TINY = "tiny_sd15.safetensors"
 
 def adapt_for_tiny(prompt: dict, erasure_file: str | None = None) -> dict:
     """Same graph on the tiny checkpoint with quick settings. The tiny checkpoint has no VAE, so each
-    VAEDecode becomes a SaveLatent of its latent, and the image nodes downstream of it are dropped."""
+    VAEDecode becomes a SaveLatent of its latent, the image nodes downstream of it are dropped, and a Robustness
+    Probe gets no VAE."""
     prompt = copy.deepcopy(prompt)
     quick = {
         "CheckpointLoaderSimple": dict(ckpt_name=TINY),
@@ -194,6 +195,8 @@ def adapt_for_tiny(prompt: dict, erasure_file: str | None = None) -> dict:
     }
     for node in prompt.values():
         node["inputs"].update(quick.get(node["class_type"], {}))
+        if node["class_type"] == "DivergenceUnlearnRobustnessProbe":
+            node["inputs"].pop("vae", None)  # its preview images become the chart of its numbers
     if any(node["class_type"] == "UNETLoader" for node in prompt.values()):
         return on_the_flow_demo(prompt)
     dropped = {nid for nid, node in prompt.items() if node["class_type"] == "VAEDecode"}

@@ -207,7 +207,7 @@ def test_object_info_gives_the_same_inputs_on_the_2024_host_and_the_v3_host(v3, 
         for server in servers.values():
             server.stop()
     ours = sorted(k for k in infos["2024"] if k.startswith("DivergenceUnlearn"))
-    assert len(ours) == 5 and ours == sorted(k for k in infos["v3"] if k.startswith("DivergenceUnlearn"))
+    assert len(ours) == 6 and ours == sorted(k for k in infos["v3"] if k.startswith("DivergenceUnlearn"))
     for node_id in ours:
         old, new = infos["2024"][node_id], infos["v3"][node_id]
         assert inputs_in_v1_form(new["input"]) == inputs_in_v1_form(old["input"]), node_id
