@@ -17,8 +17,8 @@ from .progress import TrainingProgress
 
 class RobustnessProbe:
     DESCRIPTION = ("Attack an erasure: learn, on the erased model, the conditioning that brings each target back "
-                   "(soft_prompt: an offset on the text encoder's output; textual_inversion: one new word, demo "
-                   "models) "
+                   "(soft_prompt: an offset on the text encoder's output; textual_inversion: one new word, the "
+                   "demo models) "
                    "from images of the target the original model draws. Reports, in the Erasure Report's terms, how "
                    "far the attack restores each target's prediction (100% = as before the erasure), shows the "
                    "original, erased and attacked images side by side, and outputs the attack's conditioning to "

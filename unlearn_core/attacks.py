@@ -57,7 +57,7 @@ class AttackConfig:
         "soft_prompt: learn an offset on every row of the target prompts' conditioning, the text encoder's output "
         "(UnlearnDiffAtk-style): the stronger attack, on any model. textual_inversion: learn one new word in place of "
         "the target's own words (Pham et al. 2024); needs a text encoder the engine can differentiate (the demo "
-        "models)."))
+        "models, diffusers SD1/SD2 pipelines: not ComfyUI's CLIP)."))
     steps: int = setting(300, "Adam steps of the attack.", low=1, high=100000)
     learning_rate: float = setting(5e-3, "Adam learning rate of the attack.", low=1e-6, high=1.0, step=1e-4,
                                    aliases=("--lr",))
@@ -131,9 +131,10 @@ class TextualInversion(Attack):
         try:
             start = denoiser.word_embedding(word)
         except NotImplementedError:
-            raise ValueError(f"textual_inversion needs a text encoder the engine can differentiate (the demo models); "
-                             f"this {denoiser.family} model's is not one: use the attack soft_prompt, which learns "
-                             "the text encoder's output instead (a stronger attack)") from None
+            raise ValueError(f"textual_inversion needs a text encoder the engine can differentiate (the demo models, "
+                             f"diffusers SD1/SD2 pipelines); this {denoiser.family} model's is not one here: use the "
+                             "attack soft_prompt, which learns the text encoder's output instead (a stronger "
+                             "attack)") from None
         return cls(denoiser, [with_learnt_word(t, a) for t, a in pairs], start, (config.resolution,) * 2)
 
     def parameters(self) -> list[Tensor]:

@@ -81,6 +81,45 @@ class DiffusersDenoiser(Denoiser):
         out = encoder(ids, output_hidden_states=True)
         return (out.hidden_states[-2] if penultimate else out[0]), out
 
+    def word_embedding(self, word: str) -> Tensor:
+        """The mean of ``word``'s token rows in the (single) text encoder's input embedding."""
+        self._single_encoder()
+        ids = self.tokenizer(word, add_special_tokens=False).input_ids
+        if not ids:
+            raise ValueError(f"{word!r} has no tokens to start textual inversion from: set init_word")
+        return self.text_encoder.get_input_embeddings().weight[ids].detach().float().mean(0)
+
+    def encode_with_word(self, prompts: list[str], word: str, vector: Tensor, size: tuple[int, int]) -> Conditioning:
+        """Each prompt tokenised around ``word`` (one slot), whose input embedding a hook on the text encoder's
+        token embedding sets to ``vector``."""
+        self._single_encoder()
+        tok, length = self.tokenizer, self.tokenizer.model_max_length
+        rows, slots = [], []
+        for prompt in prompts:
+            before, found, after = prompt.partition(word)
+            if not found:
+                raise ValueError(f"{prompt!r} does not contain {word!r}")
+            pieces = [tok(text, add_special_tokens=False).input_ids if text.strip() else [] for text in (before, after)]
+            ids = [tok.bos_token_id, *pieces[0], 0, *pieces[1]][: length - 1] + [tok.eos_token_id]
+            slots.append(1 + len(pieces[0]))
+            rows.append(ids + [tok.pad_token_id] * (length - len(ids)))
+        ids = torch.tensor(rows, device=self.device)
+        slot = torch.zeros(ids.shape, dtype=torch.bool, device=self.device)
+        slot[torch.arange(len(rows)), torch.tensor(slots).clamp_max(length - 2)] = True
+
+        def learnt_row(module, inputs, output):
+            return torch.where(slot[..., None], vector.to(output), output)
+
+        handle = self.text_encoder.get_input_embeddings().register_forward_hook(learnt_row)
+        try:
+            return {"context": self.text_encoder(ids)[0].to(self.dtype)}
+        finally:
+            handle.remove()
+
+    def _single_encoder(self) -> None:
+        if self.text_encoder_2 is not None:
+            raise NotImplementedError("textual inversion through two text encoders (SDXL) is not implemented")
+
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str], size: tuple[int, int]) -> Conditioning:
         if self.text_encoder_2 is None:
