@@ -16,6 +16,8 @@ import copy
 import itertools
 import math
 import re
+import traceback
+from typing import Iterator
 
 import torch
 from torch import Tensor
@@ -231,6 +233,22 @@ def training_compatible():
         yield
     finally:
         BasicTransformerBlock._forward = original
+
+
+@contextlib.contextmanager
+def training_view(patcher, clip) -> Iterator[ComfyDenoiser]:
+    """A trainable view of the host's model (its weights shared, never copied) for the duration of the block:
+    the host's inference mode off, gradients on, backward made to work; released afterwards. On an error, Cancel
+    too, the frames' tensors are freed first: the host keeps the error."""
+    denoiser = ComfyDenoiser(patcher, clip)
+    try:
+        with torch.inference_mode(False), torch.enable_grad(), training_compatible():
+            yield denoiser
+    except BaseException as error:
+        traceback.clear_frames(error.__traceback__)
+        raise
+    finally:
+        denoiser.release()
 
 
 # --------------------------------------------------------------------------- erasure <-> MODEL

@@ -17,6 +17,9 @@ from .images import to_image_tensor
 from .paths import erasure_save_target
 
 NONE = "none"
+# the inputs of the nodes that measure or attack an erasure on the model it was trained on
+ORIGINAL_MODEL = {"model": ("MODEL", {"tooltip": "The ORIGINAL model (before the erasure)."}),
+                  "clip": ("CLIP", {"tooltip": "Its text encoder."})}
 
 
 class ApplyErasedUNet:
@@ -96,8 +99,7 @@ class ErasureReport:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "The ORIGINAL model (before the erasure)."}),
-                "clip": ("CLIP", {"tooltip": "Its text encoder."}),
+                **ORIGINAL_MODEL,
                 "erasure": ("ERASURE", {"tooltip": "The erasure to measure."}),
                 "concepts": ("CONCEPT_SET", {"tooltip": "The prompts to measure (usually the erased set)."}),
                 "resolution": ("INT", {"default": 512, "min": 32, "max": 2048, "step": 8,

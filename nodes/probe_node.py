@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import traceback
-
 import torch
 from PIL import Image
 
 from ..unlearn_core.attacks import AttackConfig, ProbeResult, probe
 from ..unlearn_core.plot import bar_chart, comparison_grid
 from ..unlearn_core.settings import config_from_inputs, node_inputs
-from .comfy_adapter import ComfyDenoiser, fitted, training_compatible
+from .comfy_adapter import fitted, training_view
+from .erasure_nodes import ORIGINAL_MODEL
 from .images import to_image_tensor
 from .progress import TrainingProgress
 
@@ -37,8 +36,7 @@ class RobustnessProbe:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "The ORIGINAL model (before the erasure)."}),
-                "clip": ("CLIP", {"tooltip": "Its text encoder."}),
+                **ORIGINAL_MODEL,
                 "erasure": ("ERASURE", {"tooltip": "The erasure to attack."}),
                 "concepts": ("CONCEPT_SET", {"tooltip": "The erased concept set: its target prompts are attacked."}),
                 **node_inputs(AttackConfig),
@@ -51,15 +49,8 @@ class RobustnessProbe:
         config = config_from_inputs(AttackConfig, settings)
         erasure = fitted(model, erasure)
         progress = TrainingProgress(f"{config.attack} attack")
-        denoiser = ComfyDenoiser(model, clip)
-        try:
-            with torch.inference_mode(False), torch.enable_grad(), training_compatible():
-                result = probe(denoiser, erasure, concepts, config, callback=progress)
-        except BaseException as error:  # Cancel too: the host keeps the error, so free the frames' tensors now
-            traceback.clear_frames(error.__traceback__)
-            raise
-        finally:
-            denoiser.release()
+        with training_view(model, clip) as denoiser:
+            result = probe(denoiser, erasure, concepts, config, callback=progress)
         text = result.text()
         print(f"[Divergence Unlearn] {text}")
         bars = [(f"restored: {p['target']}", 1 - p["moved"]) for p in result.after.pairs]

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import traceback
-
 import torch
 
 from ..unlearn_core.settings import config_from_inputs, node_inputs
 from ..unlearn_core.trainer import LEGACY_PRECISIONS, PRECISIONS, EraseConfig, Eraser, Stop
-from .comfy_adapter import ComfyDenoiser, apply_erasure, training_compatible
+from .comfy_adapter import apply_erasure, training_view
 from .images import to_image_tensor
 from .progress import TrainingProgress, loss_chart
 
@@ -54,11 +52,8 @@ class DivergenceUnlearn:
             with torch.inference_mode(False):
                 user_latents = model.model.process_latent_in(latents["samples"].clone().float())
         progress = TrainingProgress(f"{config.divergence} erasure")
-        try:
-            erasure = _erase(model, clip, concepts, config, user_latents, progress)
-        except BaseException as error:  # Cancel too: the host keeps the error, so free the frames' tensors now
-            traceback.clear_frames(error.__traceback__)
-            raise
+        with training_view(model, clip) as denoiser:
+            erasure = Eraser(denoiser, concepts, config, user_latents, callback=progress).run()
         meta = erasure.metadata
         print(f"[Divergence Unlearn] done in {meta['seconds']:.1f} s: {meta['stopped']}; erase_mode "
               f"{config.erase_mode}; keep projection: {meta['keep_projection']}")
@@ -68,12 +63,3 @@ class DivergenceUnlearn:
                            warning=meta["stopped"] if capped else "")
         return (apply_erasure(model, erasure, 1.0), erasure, to_image_tensor(chart))
 
-
-def _erase(model, clip, concepts, config: EraseConfig, user_latents, progress: TrainingProgress):
-    """Train the erasure on a view of the host's model (its weights shared, never copied)."""
-    denoiser = ComfyDenoiser(model, clip)
-    try:
-        with torch.inference_mode(False), torch.enable_grad(), training_compatible():
-            return Eraser(denoiser, concepts, config, user_latents, callback=progress).run()
-    finally:
-        denoiser.release()

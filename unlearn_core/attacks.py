@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from .concepts import ConceptSet
-from .denoiser import Conditioning, Denoiser, cat_cond, index_cond
+from .denoiser import Conditioning, Denoiser, index_cond
 from .divergences import squared_error
 from .erasure import Erasure
 from .injection import DeltaInjection
@@ -77,7 +77,6 @@ class AttackConfig:
 class Attack:
     """A learnt conditioning for each target prompt: ``parameters()`` are what the attack learns."""
 
-    name: str
     prompts: list[str]  # the conditioning's prompts, one per pair (with LEARNT_WORD for textual inversion)
 
     def parameters(self) -> list[Tensor]:
@@ -95,8 +94,6 @@ class Attack:
 
 class SoftPrompt(Attack):
     """One offset per conditioning row, added to every target prompt's conditioning (its ``context``)."""
-
-    name = "soft_prompt"
 
     def __init__(self, base: Conditioning, prompts: list[str]):
         self.base, self.prompts = base, prompts
@@ -118,8 +115,6 @@ class SoftPrompt(Attack):
 
 class TextualInversion(Attack):
     """One new word whose input embedding is learnt, written in place of each target prompt's own words."""
-
-    name = "textual_inversion"
 
     def __init__(self, denoiser: Denoiser, prompts: list[str], start: Tensor, size: tuple[int, int]):
         self.denoiser, self.prompts, self.size = denoiser, prompts, size

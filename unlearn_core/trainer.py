@@ -53,8 +53,7 @@ from .steps import StepInfo
 from .targets import TARGET_MODES, PromptBank, TargetMode
 
 VARIATIONAL_PREFIX = "variational_"
-ERASE_MODES = {"plain": "the target prompts only",
-               "adversarial": "the target prompts and the soft prompt an inner attack learns to bring them back"}
+ERASE_MODES = ("plain", "adversarial")  # erase_mode: see its help
 # erase_mode adversarial: Adam steps of the inner attack per training step (warm-started: its soft prompt persists)
 ADVERSARY_STEPS = 2
 ADVERSARY_LR = 5e-3
@@ -150,7 +149,7 @@ class EraseConfig:
         "embeddings do not use: the keep prompts then predict exactly as before, and the erasure acts through the "
         "words only the target has. Off = the keep loss alone (preservation_weight). No effect without keep "
         "prompts."))
-    erase_mode: str = setting("plain", choices=lambda: list(ERASE_MODES), optional=True, help=(
+    erase_mode: str = setting("plain", choices=ERASE_MODES, optional=True, help=(
         "plain: erase the target prompts; an attack that learns a new word or prompt brings the concept back. "
         "adversarial (experimental): also erase under an adversary that learns, as training goes, the soft prompt "
         "that brings the target back (AdvUnlearn-style), holding the keep prompts on their own images; it runs all "
