@@ -157,25 +157,28 @@ def test_progress_prints_phases_prompts_steps_loss_and_seconds_left():
         def flush(self):
             pass
 
-    progress = JobProgress(prompts=2, out=Out(), clock=lambda: now[0])
-    events = [(0, "executing", {"node": "before0"}), (4, "progress", {"node": "before0", "value": 15, "max": 15}),
-              (4, "executing", {"node": "before1"}), (8, "progress", {"node": "before1", "value": 15, "max": 15}),
-              (8, "executing", {"node": "unlearn"}), (9, "progress", {"node": "unlearn", "value": 10, "max": 10}),
-              (9, "progress", {"node": "unlearn", "value": 60, "max": 60}),  # training's bar, read before its log
-              (10, "log", {"line": "[Divergence Unlearn] step 1/60 loss -0.99 S 0.01 |grad| 1"}),
-              (20, "log", {"line": "[Divergence Unlearn] step 11/60 loss -0.98 S 0.01 |grad| 1"}),
-              (21, "log", {"line": "noise from another node"})]
+    progress = JobProgress(prompts=2, sample_steps=15, out=Out(), clock=lambda: now[0])
+    events = [(0, "executing", {"node": "unlearn"}), (1, "progress", {"node": "unlearn", "value": 10, "max": 10}),
+              (1, "progress", {"node": "unlearn", "value": 60, "max": 60}),  # training's bar, read before its log
+              (2, "log", {"line": "[Divergence Unlearn] step 1/60 loss -0.99 S 0.01 |grad| 1"}),
+              (12, "log", {"line": "[Divergence Unlearn] step 11/60 loss -0.98 S 0.01 |grad| 1"}),
+              (13, "log", {"line": "noise from another node"}),
+              (20, "executing", {"node": "before0"}), (22, "progress", {"node": "before0", "value": 15, "max": 15}),
+              (22, "executing", {"node": "after0"}), (24, "progress", {"node": "after0", "value": 16, "max": 16}),
+              (24, "executing", {"node": "before1"}), (26, "progress", {"node": "before1", "value": 15, "max": 15})]
     for t, kind, data in events:
         now[0] = t
         progress(kind, data)
     text = "".join(lines)
-    assert "[demo] before images: started" in text
-    assert "before images: prompt 1/2 drawn (15 sampler steps), ~4 s left" in text
-    assert "before images: prompt 2/2 drawn (15 sampler steps), ~0 s left" in text
     assert "[demo] erasure: started" in text and "anchor images drawn (10 sampler steps)" in text
     assert "(60 sampler steps)" not in text  # the training bar is not a second pool
-    assert "erasure: step 11/60, loss -0.98, at most ~49 s left" in text and "noise" not in text
-    assert phase_of("after3_decode") == "after images" and phase_of("negative") is None
+    assert "erasure: step 11/60, loss -0.98, ~49 s at this pace to step 60 (erase_until usually stops sooner)" in text
+    assert "noise" not in text
+    assert text.count("images: started") == 1  # before and after alternate: one phase, one count
+    assert "images: 1/4 drawn (prompt 1 before, 15 sampler steps), ~6 s left" in text
+    assert "images: 2/4 drawn (prompt 1 after, ComfyUI's schedule ran 16 sampler steps for the 15 asked)" in text
+    assert "images: 3/4 drawn (prompt 2 before, 15 sampler steps), ~2 s left" in text
+    assert phase_of("after3_decode") == "images" and phase_of("negative") is None
     assert seconds_left(10.0, 2, 6) == 20.0
 
 

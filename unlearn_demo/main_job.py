@@ -19,8 +19,9 @@ sampler). It needs a ComfyUI with Flux (COMFYUI_PATH; the bundled 2024 host pred
 
 With ``--ckpt`` (your own SD1.x/SDXL checkpoint) and ``--prompt``/``--keep`` it runs the same graph
 on that model; the report then has the images and the prediction-space numbers, no classifier.
-Every option is checked before ComfyUI starts; while ComfyUI works, the job prints each phase
-(before images, erasure steps with their loss, after images) with the seconds left. ComfyUI runs on
+Every option is checked before ComfyUI starts; while ComfyUI works, the job prints each phase in the
+order ComfyUI runs them (usually the erasure with its steps and loss, then the before and after images of each
+prompt) with the seconds left. ComfyUI runs on
 the GPU when torch sees CUDA (``--cpu`` forces the CPU). ``--quick`` runs the same graph with 10
 erasure steps, one seed and 4 sampler steps (a smoke test; CI runs it).
 """
@@ -414,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     try:
         _, targets, keep = job_prompts(opts)
-        run(opts, a.out, progress=JobProgress(len(targets) + len(keep)))
+        run(opts, a.out, progress=JobProgress(len(targets) + len(keep), opts.sample_steps))
     except (ValueError, MissingRequirements) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,8 +1,10 @@
-"""The main job's live progress on the terminal: phase, prompt or step, loss, and seconds left.
+"""The main job's live progress on the terminal: phase, image or step, loss, and seconds left.
 
 It reads what :meth:`unlearn_demo.headless.ComfyServer.run` passes on while ComfyUI works: the
 websocket's ``executing`` and ``progress`` messages (which node runs, its sampler step) and the
 server log's ``[Divergence Unlearn] step k/n loss ...`` lines (the websocket carries no loss).
+ComfyUI picks the order of the nodes (usually the erasure first, then each prompt's before and after
+image), so the images are one phase whose count and time left cover both.
 """
 
 from __future__ import annotations
@@ -14,14 +16,14 @@ from typing import Callable, TextIO
 
 STEP_LINE = re.compile(r"\[Divergence Unlearn\] step (\d+)/(\d+) loss (\S+)")
 IMAGE_NODE = re.compile(r"(before|after)(\d+)(?:_decode|_save)?")
-PHASES = {"before": "before images", "after": "after images", "unlearn": "erasure", "report": "Erasure Report",
-          "save": "Save Erasure"}
+PHASES = {"unlearn": "erasure", "report": "Erasure Report", "save": "Save Erasure"}
+IMAGES = "images"
 
 
 def phase_of(node: str) -> str | None:
-    """The job phase of a graph node id (``before3`` -> before images, ``unlearn`` -> erasure), None for others."""
-    match = IMAGE_NODE.fullmatch(node)
-    return PHASES[match.group(1)] if match else PHASES.get(node)
+    """The job phase of a graph node id (``before3``, ``after3_decode`` -> images, ``unlearn`` -> erasure), None
+    for others."""
+    return IMAGES if IMAGE_NODE.fullmatch(node) else PHASES.get(node)
 
 
 def seconds_left(elapsed: float, done: float, total: float) -> float:
@@ -29,15 +31,16 @@ def seconds_left(elapsed: float, done: float, total: float) -> float:
     return elapsed * (total - done) / done if done > 0 else float("nan")
 
 
-def _left(seconds: float, bound: str = "") -> str:
-    return f", {bound}~{seconds:.0f} s left" if seconds == seconds else ""
+def _left(seconds: float) -> str:
+    return f", ~{seconds:.0f} s left" if seconds == seconds else ""
 
 
 class JobProgress:
     """Prints one line per phase change, per finished prompt of the image phases and per logged training step."""
 
-    def __init__(self, prompts: int, out: TextIO = sys.stdout, clock: Callable[[], float] = time.monotonic):
-        self.prompts, self.out, self.clock = prompts, out, clock
+    def __init__(self, prompts: int, sample_steps: int, out: TextIO = sys.stdout,
+                 clock: Callable[[], float] = time.monotonic):
+        self.images, self.sample_steps, self.out, self.clock = 2 * prompts, sample_steps, out, clock  # before, after
         self.phase: str | None = None
         self.started: dict[str, float] = {}
         self.done: dict[str, int] = {}
@@ -54,18 +57,22 @@ class JobProgress:
                 self.started.setdefault(phase, self.clock())
                 self.say(f"{phase}: started")
         elif kind == "progress" and data.get("value") == data.get("max"):
-            self._finished_bar(phase_of(data.get("node") or ""), data["max"])
+            self._finished_bar(data.get("node") or "", data["max"])
         elif kind == "log":
             match = STEP_LINE.search(data["line"])
             if match:
                 self._training_step(int(match.group(1)), int(match.group(2)), match.group(3))
 
-    def _finished_bar(self, phase: str | None, steps: int) -> None:
-        if phase in ("before images", "after images"):
+    def _finished_bar(self, node: str, steps: int) -> None:
+        phase = phase_of(node)
+        if phase == IMAGES:
             done = self.done[phase] = self.done.get(phase, 0) + 1
             elapsed = self.clock() - self.started[phase]
-            self.say(f"{phase}: prompt {done}/{self.prompts} drawn ({steps} sampler steps)"
-                     f"{_left(seconds_left(elapsed, done, self.prompts))}")
+            when, prompt = IMAGE_NODE.fullmatch(node).groups()
+            ran = (f"{steps} sampler steps" if steps == self.sample_steps else
+                   f"ComfyUI's schedule ran {steps} sampler steps for the {self.sample_steps} asked")
+            self.say(f"images: {done}/{self.images} drawn (prompt {int(prompt) + 1} {when}, {ran})"
+                     f"{_left(seconds_left(elapsed, done, self.images))}")
         elif phase == "erasure" and self.training_from is None and "anchor images" not in self.done:
             self.done["anchor images"] = 1  # the node's first bar; the next one is training's, whose steps the log gives
             self.say(f"erasure: anchor images drawn ({steps} sampler steps); training")
@@ -75,6 +82,8 @@ class JobProgress:
         if self.training_from is None:
             self.training_from = (step, now)
         first, since = self.training_from
-        # steps is a cap: erase_until usually ends the erasure before it, so the time left is a bound
+        # steps is a cap that erase_until usually ends the erasure before; checks and the end's work add to it
+        left = seconds_left(now - since, step - first, total - first)
         self.say(f"erasure: step {step}/{total}, loss {loss}"
-                 f"{_left(seconds_left(now - since, step - first, total - first), 'at most ')}")
+                 + (f", ~{left:.0f} s at this pace to step {total} (erase_until usually stops sooner)"
+                    if left == left else ""))
