@@ -132,6 +132,17 @@ def kid(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(((kxx + kyy - kxy - kxy.T) * off).sum() / (n * (n - 1)))
 
 
+HISTORY_COLUMNS = ("step", "loss", "mean_s", "grad_norm")  # a run's logged steps, by column
+
+
+def steps_of(run: dict) -> dict[str, list[float]]:
+    """A run's logged steps by column; results.json files written before the columns held rows of HISTORY_COLUMNS."""
+    history = run["history"]
+    if isinstance(history, dict):
+        return history
+    return {column: [row[i] for row in history] for i, column in enumerate(HISTORY_COLUMNS)}
+
+
 def interval(values: list[float]) -> tuple[float, float]:
     """Mean and half-width of the 95% t-interval."""
     v = np.array([x for x in values if math.isfinite(x)], dtype=float)
@@ -221,12 +232,13 @@ def one_run(model: torch.nn.Module, concept: str, label: str, target_mode: str, 
     if x_source == "latents":  # the model's own samples of the target prompts, as a user would encode them
         latents = dom.own_latents(model, [probe.targets[i % len(probe.targets)] for i in range(config.num_samples)],
                                   500)
-    history, scores = [], {}
+    history, scores = {column: [] for column in HISTORY_COLUMNS}, {}
 
     def callback(info: StepInfo) -> None:
         if info.phase != "training":
             return
-        history.append([info.step, info.loss, info.mean_s, info.grad_norm])
+        for column in HISTORY_COLUMNS:
+            history[column].append(getattr(info, column))
         if info.step in evals:  # the trained deltas are live on the network during the callback
             scores[info.step] = probe.score()
 
@@ -239,7 +251,7 @@ def one_run(model: torch.nn.Module, concept: str, label: str, target_mode: str, 
     efficacies = [(s, scores[s]["efficacy"]) for s in evals]
     return {"concept": concept, "divergence": label, "target_mode": config.target_mode, "lr": config.learning_rate,
             "seed": seed, "sigma": config.sigma, "ratio": ratio, "config": asdict(config), "domain": domain,
-            "steps_run": len(history),
+            "steps_run": len(history["step"]),
             "seconds": time.time() - started,
             "before": {k: v for k, v in probe.reference.items() if k not in ("features", "kept_hit", "kept_clear")},
             "evals": {str(s): v for s, v in scores.items()},
@@ -345,7 +357,7 @@ def report_agreement(domain: Domain, model: torch.nn.Module, concepts: tuple[str
         erasure = erase(denoiser, concept_set, config, callback=callback)
         until = settings.get("erase_until", EraseConfig.erase_until)
         if until < 0:  # auto: what the run would have resolved it to (its mode and eta)
-            until = TARGET_MODES[config.target_mode].auto_erase_until(erasure.metadata["config"]["guidance_eta"])
+            until = TARGET_MODES[config.target_mode].auto_erase_until(erasure.metadata.config["guidance_eta"])
         for row in rows[first:]:
             row["erase_until"] = until
     print("\n" + agreement(rows, settings.get("check_every", EraseConfig.check_every)))
@@ -436,8 +448,8 @@ def aggregate(runs: list[dict], final_step: int) -> list[dict]:
             row[metric] = interval([f[metric] for f in finals])
         row["steps_to_90"] = interval([r["steps_to_90"] if r["steps_to_90"] else math.nan for r in group])
         row["reached_90"] = sum(r["steps_to_90"] is not None for r in group)
-        row["grad_norm"] = interval([float(np.mean([h[3] for h in r["history"]])) for r in group])
-        row["S"] = interval([float(np.median([h[2] for h in r["history"]])) for r in group])
+        row["grad_norm"] = interval([float(np.mean(steps_of(r)["grad_norm"])) for r in group])
+        row["S"] = interval([float(np.median(steps_of(r)["mean_s"])) for r in group])
         rows.append(row)
     return rows
 
@@ -507,7 +519,7 @@ def sigma_table(sigma_runs: list[dict], final_step: int) -> str:
     lines = ["| concept | divergence | S/σ² asked | σ | S/σ² in the run: median (p10–p90) | efficacy % | "
              "in-domain Δ pts | KID×1000 |", "|" + " --- |" * 8]
     for r in sigma_runs:
-        ratio = np.array([h[2] for h in r["history"]]) / r["sigma"] ** 2
+        ratio = np.array(steps_of(r)["mean_s"]) / r["sigma"] ** 2
         final = r["evals"][str(final_step)]
         lines.append(f"| {r['concept']} | {r['divergence']} | {r['ratio']:g} | {r['sigma']:.3g} | "
                      f"{np.median(ratio):.3g} ({np.percentile(ratio, 10):.3g}–{np.percentile(ratio, 90):.3g}) | "
@@ -576,11 +588,11 @@ def plots(runs: list[dict], sigma_runs: list[dict], evals: tuple[int, ...], out:
         if not group:
             continue
         axes[0].plot((0, *evals), mean_curve(group, evals, "efficacy"), "-o", color=colours[label], label=label)
-        longest = max(len(r["history"]) for r in group)  # erase_until can stop a run early
-        hist = np.array([[h[3] for h in r["history"]] + [np.nan] * (longest - len(r["history"])) for r in group])
+        longest = max(len(steps_of(r)["step"]) for r in group)  # erase_until can stop a run early
+        hist = np.array([steps_of(r)["grad_norm"] + [np.nan] * (longest - len(steps_of(r)["step"])) for r in group])
         axes[1].plot(np.arange(1, longest + 1), np.nanmean(hist, 0), color=colours[label], label=label, lw=1)
-        s_vals = np.concatenate([[h[2] for h in r["history"]] for r in group])
-        g_vals = np.concatenate([[h[3] for h in r["history"]] for r in group])
+        s_vals = np.concatenate([steps_of(r)["mean_s"] for r in group])
+        g_vals = np.concatenate([steps_of(r)["grad_norm"] for r in group])
         axes[2].scatter(s_vals, g_vals, s=3, color=colours[label], label=label, alpha=0.4)
     axes[0].set(xlabel="step", ylabel="efficacy %", title=f"efficacy over steps ({modes[0]}, lr {top_lr:g})")
     axes[1].set(xlabel="step", ylabel="gradient norm (before clipping)", yscale="log", title="gradient norm over steps")
@@ -694,14 +706,14 @@ def main(argv: list[str] | None = None) -> int:
     for concept, label in itertools.product(plan["sigma_concepts"], plan["sigma_divergences"]):
         base = [r for r in runs if (r["concept"], r["divergence"], r["target_mode"], r["lr"], r["seed"]) ==
                 (concept, label, "anchor", lr0, plan["seeds"][0])]
-        median_s = float(np.median([h[2] for h in base[0]["history"]]))
+        median_s = float(np.median(steps_of(base[0])["mean_s"]))
         sigma_jobs += [dict(concept=concept, label=label, target_mode="anchor", lr=lr0, seed=plan["seeds"][0],
                             sigma=math.sqrt(median_s / ratio), ratio=ratio, **common)
                        for ratio in plan["sigma_ratios"]]
 
     def describe_sigma(i: int, n: int, run: dict) -> dict:
         final = run["evals"][str(plan["steps"])]
-        realised = np.median([h[2] for h in run["history"]]) / run["sigma"] ** 2
+        realised = np.median(steps_of(run)["mean_s"]) / run["sigma"] ** 2
         print(f"[sigma {i}/{n}] {run['concept']:>6} {run['divergence']:<14} S/sigma^2 {run['ratio']:g} "
               f"(sigma {run['sigma']:.3g}; median S/sigma^2 in this run {realised:.3g}): "
               f"efficacy {final['efficacy']:.0f}% in-domain {final['in_domain']:+.0f}", flush=True)

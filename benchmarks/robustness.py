@@ -77,7 +77,7 @@ def run_domain(name: str, concept: str, quick: bool) -> list[dict]:
     scorer = Probe(domain, model, denoiser, concept, 2 if quick else 8)
     steps = 30 if quick else 300
     rows = []
-    control = probe(denoiser, Erasure(metadata={}), concepts, attacks(name, concept, steps)["textual_inversion"])
+    control = probe(denoiser, Erasure(), concepts, attacks(name, concept, steps)["textual_inversion"])
     original_rate = target_rate(domain, model, denoiser, None, targets, concept)
     control_rate = target_rate(domain, model, denoiser, None, control.conditioning, concept)
     for mode, settings in MODES.items():
@@ -91,7 +91,7 @@ def run_domain(name: str, concept: str, quick: bool) -> list[dict]:
         for attack, attack_config in attacks(name, concept, steps).items():
             result = probe(denoiser, erasure, concepts, attack_config)
             rows.append(dict(domain=name, concept=concept, mode=mode, erase_seconds=round(seconds, 1),
-                             stopped=erasure.metadata["stopped"], attack=attack, attack_config=asdict(attack_config),
+                             stopped=erasure.metadata.stopped, attack=attack, attack_config=asdict(attack_config),
                              original=original_rate, erased=erased_rate,
                              attacked=target_rate(domain, model, denoiser, erasure, result.conditioning, concept),
                              control_on_original=control_rate, restored=max(result.restored()),

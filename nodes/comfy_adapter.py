@@ -17,6 +17,7 @@ import itertools
 import math
 import re
 import traceback
+from dataclasses import replace
 from typing import Iterator
 
 import torch
@@ -265,7 +266,7 @@ def in_host_names(patcher, erasure: Erasure) -> Erasure:
     Erasures trained on a diffusers UNet are renamed through the host's own diffusers -> ldm key map
     (the one its stock LoRA loader uses), so they apply like the files the stock loader reads.
     """
-    if erasure.metadata.get("key_format") != "diffusers":
+    if erasure.metadata.key_format != "diffusers":
         return erasure
     import comfy.utils
 
@@ -274,14 +275,14 @@ def in_host_names(patcher, erasure: Erasure) -> Erasure:
     return Erasure(full={rename(n): t for n, t in erasure.full.items()},
                    lora={rename(n): f for n, f in erasure.lora.items()},
                    shapes={rename(n): s for n, s in erasure.shapes.items()},
-                   metadata=dict(erasure.metadata, key_format="ldm"))
+                   metadata=replace(erasure.metadata, key_format="ldm"))
 
 
 def warn_if_other_weights(patcher, erasure: Erasure) -> None:
     """Say so in the console when the model's tensors are not those the erasure was trained on."""
     weights = patcher.model.diffusion_model.state_dict()
     found = fingerprint({name: weights[name] for name in erasure.names})
-    expected = erasure.metadata.get("fingerprint")
+    expected = erasure.metadata.fingerprint
     if expected and found != expected:
         print(f"[Divergence Unlearn] note: this model's weights differ from those the erasure was trained on "
               f"(fingerprint {found}, erasure {expected}): a fine-tune, or other LoRAs were applied first. "

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from ..unlearn_core.settings import config_from_inputs, node_inputs
-from ..unlearn_core.trainer import LEGACY_PRECISIONS, PRECISIONS, EraseConfig, Eraser, Stop
+from ..unlearn_core.config import LEGACY_PRECISIONS, PRECISIONS, EraseConfig
+from ..unlearn_core.trainer import Eraser
 from .comfy_adapter import apply_erasure, training_view
 from .images import to_image_tensor
 from .progress import TrainingProgress, loss_chart
@@ -55,11 +56,10 @@ class DivergenceUnlearn:
         with training_view(model, clip) as denoiser:
             erasure = Eraser(denoiser, concepts, config, user_latents, callback=progress).run()
         meta = erasure.metadata
-        print(f"[Divergence Unlearn] done in {meta['seconds']:.1f} s: {meta['stopped']}; erase_mode "
-              f"{config.erase_mode}; keep projection: {meta['keep_projection']}")
-        capped = meta["stop"] == Stop.CAP
-        title = f"{config.erase_mode} {config.divergence}, {progress.history[-1].step} steps, {meta['seconds']:.1f} s"
-        chart = loss_chart(progress.history, title if capped else f"{title}: {meta['stopped']}",
-                           warning=meta["stopped"] if capped else "")
+        print(f"[Divergence Unlearn] done in {meta.seconds:.1f} s: {meta.stopped}; erase_mode "
+              f"{config.erase_mode}; keep projection: {meta.keep_projection.note}")
+        title = f"{config.erase_mode} {config.divergence}, {progress.history[-1].step} steps, {meta.seconds:.1f} s"
+        chart = loss_chart(progress.history, title if meta.capped else f"{title}: {meta.stopped}",
+                           warning=meta.stopped if meta.capped else "")
         return (apply_erasure(model, erasure, 1.0), erasure, to_image_tensor(chart))
 

@@ -13,6 +13,7 @@ from helpers import CONCEPTS, QUICK
 from unlearn_core.attacks import LEARNT_WORD, AttackConfig, initial_word, probe, with_learnt_word
 from unlearn_core.concepts import parse_concept_text
 from unlearn_core.erasure import Erasure
+from unlearn_core.metadata import ErasureMetadata
 from unlearn_core.trainer import EraseConfig, erase
 from unlearn_demo.domains import DOMAINS
 
@@ -38,7 +39,7 @@ def no_erasure(denoiser) -> Erasure:
     name = next(n for n, _ in denoiser.net.named_parameters() if ".attn2.to_k." in n)
     weight = dict(denoiser.net.named_parameters())[name]
     return Erasure(full={name: torch.zeros_like(weight)}, shapes={name: tuple(weight.shape)},
-                   metadata={"family": "sd1", "key_format": "ldm"})
+                   metadata=ErasureMetadata(family="sd1", key_format="ldm"))
 
 
 def test_the_learnt_word_takes_the_place_of_the_targets_own_words():
@@ -123,12 +124,12 @@ def test_adversarial_mode_runs_its_steps_and_says_which_mode_ran(demo):
                                                     steps=4, check_every=2, resolution=64, num_samples=4,
                                                     sample_steps=4))
     meta = erasure.metadata
-    assert meta["config"]["erase_mode"] == "adversarial" and meta["stop"] == "steps"
-    assert meta["stopped"].startswith("ran all 4 steps") and "the adversary's" in meta["stopped"]
-    assert "WARNING" not in meta["stopped"]
+    assert meta.config["erase_mode"] == "adversarial" and meta.stop == "steps"
+    assert meta.stopped.startswith("ran all 4 steps") and "the adversary's" in meta.stopped
+    assert "WARNING" not in meta.stopped
     kv = erase(denoiser, concepts, EraseConfig(erase_mode="adversarial", steps=2, check_every=2, resolution=64,
                                                num_samples=4, sample_steps=4))
-    assert "WARNING: erase_mode adversarial trained only the weights that read the text" in kv.metadata["stopped"]
+    assert "WARNING: erase_mode adversarial trained only the weights that read the text" in kv.metadata.stopped
 
 
 @pytest.mark.slow

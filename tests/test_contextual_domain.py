@@ -9,6 +9,7 @@ import torch
 
 from unlearn_core.concepts import parse_concept_text
 from unlearn_core.injection import DeltaInjection
+from unlearn_core.metadata import Projection
 from unlearn_core.report import measure
 from unlearn_core.trainer import EraseConfig, Stop, erase
 from unlearn_demo.contextual_text import ContextualEncoder
@@ -61,13 +62,13 @@ def test_the_defaults_erase_where_words_mix_and_keep_the_kept_prompts_exactly(mo
     kept_before = _reads(model, clf, keep, seeds=1)
     denoiser = PatternDenoiser(model)
     erasure = erase(denoiser, parse_concept_text(text), EraseConfig(resolution=RESOLUTION))
-    assert erasure.metadata["keep_projection"].startswith("8 tensors trained off the keep prompts'")
+    assert erasure.metadata.keep_projection.status == Projection.APPLIED and erasure.metadata.keep_projection.tensors == 8
     with DeltaInjection(denoiser.net, erasure.names, erasure.delta):
         after = np.mean([p == concept for p in _reads(model, clf, targets, seeds=4)])
         kept_after = _reads(model, clf, keep, seeds=1)
     assert before >= 0.8 and after <= 0.25, (before, after)  # 2 of 8 images
     assert kept_after == kept_before  # the projection keeps the listed prompts' predictions: the same images
-    assert erasure.metadata["stop"] in (Stop.ERASED, Stop.SETTLED)  # by the measure, not the cap
+    assert erasure.metadata.stop in (Stop.ERASED, Stop.SETTLED)  # by the measure, not the cap
 
 
 def test_gradients_are_projected_before_the_optimiser_sees_them(model):
@@ -125,9 +126,9 @@ def test_a_full_size_clip_l_with_an_artist_leaves_the_targets_room_and_they_move
     concepts = parse_concept_text(text + "".join(f"keep: {k}\n" for k in keep))
     denoiser = ClipDemo(DemoModel.load())
     erasure = erase(denoiser, concepts, EraseConfig(resolution=64, steps=20, sample_steps=4, erase_until=0))
-    note = erasure.metadata["keep_projection"]
-    spanned = int(note.split("keep prompts' ")[1].split(" of 768")[0])
-    assert note.startswith("8 tensors trained off") and 100 < spanned < 400, note  # measured: 223 of 768
+    projected = erasure.metadata.keep_projection
+    assert projected.status == Projection.APPLIED and projected.tensors == 8, projected
+    assert 100 < projected.keep_directions < 400 and projected.text_directions == 768, projected  # measured: 223
     report = measure(denoiser, erasure, concepts, resolution=64)
     assert min(p["moved"] for p in report.pairs) > 0.3, report.text()  # measured: 0.58-0.71 at 20 steps
     assert max(k["drift"] for k in report.keep) < 1e-6, report.text()

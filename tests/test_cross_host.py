@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 
 import torch
 
@@ -142,7 +143,7 @@ def test_diffusers_erasure_loads_in_stock_lora_loader_with_same_predictions(comf
         config = EraseConfig(parameter_set=parameter_set, lora_rank=rank, steps=2, learning_rate=3e-3,
                              batch_size=1, resolution=32, num_samples=2, sample_steps=2, seed=0)
         erasure = erase(denoiser, concepts, config)
-        assert erasure.metadata["key_format"] == "diffusers"
+        assert erasure.metadata.key_format == "diffusers"
         assert all(torch.equal(v, weights_before[k]) for k, v in unet.state_dict().items())
         if parameter_set == "full":
             assert sorted(erasure.names) == sorted(names) and erasure.full and erasure.lora
@@ -172,7 +173,7 @@ def test_diffusers_erasure_loads_in_stock_lora_loader_with_same_predictions(comf
         assert _max_diff(_comfy_outputs(ours, contexts, x), erased) < DENOISED_AGREE, f"{run}: Apply Erased UNet"
 
         if erasure.lora:  # the trainer's alpha equals the rank (scale 1): check that the host reads .alpha too
-            rescaled = Erasure(full=dict(erasure.full), shapes=dict(erasure.shapes), metadata=dict(erasure.metadata),
+            rescaled = Erasure(full=dict(erasure.full), shapes=dict(erasure.shapes), metadata=replace(erasure.metadata),
                                lora={n: (up * 4, down, alpha / 4) for n, (up, down, alpha) in erasure.lora.items()})
             stock, ignored = _stock_load(comfy, patcher, rescaled, f"cross_host_{parameter_set}_alpha.safetensors",
                                          caplog)

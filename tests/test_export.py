@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -62,7 +63,7 @@ def test_biases_are_refused_by_name_or_skipped_with_a_warning(tiny_pipe, denoise
 
 def test_comfyui_erasure_is_refused_with_what_to_do(full_erasure):
     comfy = Erasure(full=dict(full_erasure.full), shapes=full_erasure.shapes,
-                    metadata=dict(full_erasure.metadata, key_format="ldm"))
+                    metadata=replace(full_erasure.metadata, key_format="ldm"))
     with pytest.raises(ErasureError, match="came from ComfyUI.*use its .safetensors file in ComfyUI directly"):
         to_diffusers_lora(comfy)
 
@@ -79,7 +80,7 @@ def test_low_rank_is_exact_at_full_rank_lossy_at_rank_one_and_saves(full_erasure
     assert all(up.shape[1] == 1 for up, _, _ in one.lora.values())
     assert all(0 < e < 1 for e in errors_one.values())
     loaded = Erasure.load(one.save(tmp_path / "rank1.safetensors"))
-    assert loaded.metadata["low_rank"]["rank"] == 1
+    assert loaded.metadata.low_rank["rank"] == 1
     assert all(torch.equal(loaded.delta(n), one.delta(n)) for n in one.names)
     with pytest.raises(ValueError, match="rank must be at least 1"):
         low_rank(full_erasure, rank=0)

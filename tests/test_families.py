@@ -35,7 +35,7 @@ def test_sdxl_erasure_moves_the_target_exports_and_generates(sdxl_pipe):
     assert denoiser.family == "sdxl"
     assert set(denoiser.encode_prompts(["a"], (64, 64))) == {"context", "text_embeds", "time_ids"}
     erasure = erase(denoiser, PAIR, SHORT)
-    assert erasure.metadata["family"] == "sdxl"
+    assert erasure.metadata.family == "sdxl"
     assert moved(denoiser, erasure) > 0.3  # measured: 55%
     expected = erased_prediction(denoiser, erasure)
     actual = loaded_prediction(sdxl_pipe, denoiser, to_diffusers_lora(erasure))
@@ -49,7 +49,7 @@ def test_sdxl_erasure_moves_the_target_exports_and_generates(sdxl_pipe):
 def test_v_prediction_erasure_moves_the_target(tmp_path):
     denoiser = DiffusersDenoiser.from_pipeline(tiny_pipeline(tmp_path, prediction_type="v_prediction"))
     erasure = erase(denoiser, PAIR, SHORT)
-    assert erasure.metadata["prediction_type"] == "v_prediction"
+    assert erasure.metadata.prediction_type == "v_prediction"
     assert moved(denoiser, erasure) > 0.5  # measured: 83%
 
 

@@ -64,7 +64,7 @@ def test_full_updates_move_the_circle_prompts_onto_their_anchors_and_keep_the_re
     report = measure(denoiser, erasure, concepts, resolution=64, probes=4)
     assert min(p["moved"] for p in report.pairs) >= 0.3, report.text()  # measured: 42-58 %
     assert max(k["drift"] for k in report.keep) <= 0.05, report.text()  # measured: at most 0.7 %
-    untouched = measure(denoiser, Erasure(metadata={}), concepts, resolution=64, probes=2)
+    untouched = measure(denoiser, Erasure(), concepts, resolution=64, probes=2)
     assert max(abs(p["moved"]) for p in untouched.pairs) < 1e-6
 
 
@@ -77,7 +77,7 @@ def test_the_defaults_erase_circles_and_keep_the_other_shapes_and_stop_by_the_me
     targets = [t for t, _ in targets]
     before = shapes_seen(flow, targets).count("circle")
     erasure = erase(denoiser, parse_concept_text(text), EraseConfig(**FLOW_DEMO))
-    assert erasure.metadata["stop"] == "erase_until" and erasure.metadata["config"]["erase_until"] == 1.2
+    assert erasure.metadata.stop == "erase_until" and erasure.metadata.config["erase_until"] == 1.2
     after = shapes_seen(flow, targets, erasure)
     assert before >= len(targets) * len(SEEDS) - 1, before  # the original draws circles
     assert after.count("circle") <= 2, after  # the SD demo's bound (8 images)

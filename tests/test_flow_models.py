@@ -17,6 +17,7 @@ from helpers import SHAPE, AnalyticDenoiser, concept_set, pool_of, unlearn_from_
 from unlearn_core.architectures import ARCHITECTURES, architecture_of
 from unlearn_core.divergences import kl_timestep_weight
 from unlearn_core.erasure import Erasure, ErasureError, export_prefix, fingerprint
+from unlearn_core.metadata import ErasureMetadata
 from unlearn_core.export import diffusers_modules, to_diffusers_lora
 from unlearn_core.parameters import select_parameters
 from unlearn_core.schedule import abar_from_flow_sigma, flow_coordinates, predict_x0_eps
@@ -102,7 +103,7 @@ WIDTH = 64
 def transformer_erasure(family: str, names: list[str], full: bool = False) -> Erasure:
     """An erasure of ``names`` (ComfyUI's names, [3 * WIDTH, WIDTH] qkv or [WIDTH, WIDTH] proj) with random updates."""
     gen = torch.Generator().manual_seed(0)
-    erasure = Erasure(metadata={"family": family, "key_format": "ldm"})
+    erasure = Erasure(metadata=ErasureMetadata(family=family, key_format="ldm"))
     for name in names:
         rows = 3 * WIDTH if ".qkv." in name else WIDTH
         erasure.shapes[name] = (rows, WIDTH)
@@ -171,7 +172,7 @@ def test_sd3_erasure_exports_to_diffusers_sd3_lora():
             torch.testing.assert_close(delta, expected_deltas(erasure, name, modules)[module], atol=1e-5, rtol=1e-4)
     biased = Erasure(full={"joint_blocks.0.context_block.attn.qkv.bias": torch.zeros(3 * WIDTH)},
                      shapes={"joint_blocks.0.context_block.attn.qkv.bias": (3 * WIDTH,)},
-                     metadata={"family": "SD3", "key_format": "ldm"})
+                     metadata=ErasureMetadata(family="SD3", key_format="ldm"))
     with pytest.raises(ErasureError, match="carries linear weights only"):
         to_diffusers_lora(biased)
 
@@ -251,7 +252,7 @@ def test_node_erases_from_the_transformer_and_the_stock_loader_applies_the_file(
     with torch.inference_mode():
         model = dit.build_dit_patcher(family)
     erased, erasure, summary = unlearn_from_text(pack_nodes, model, clip, "a red circle -> a red shape")
-    assert erasure.metadata["family"] == family and erasure.metadata["prediction_type"] == "flow"
+    assert erasure.metadata.family == family and erasure.metadata.prediction_type == "flow"
     kv = ".context_block.attn.qkv.weight" if family == "SD3" else ".txt_attn.qkv.weight"
     assert erasure.names and all(n.endswith(kv) for n in erasure.names) and set(erasure.lora) == set(erasure.names)
     with torch.inference_mode():
@@ -316,7 +317,7 @@ def test_sd3_file_loads_through_the_stock_unet_loader_and_trains(comfy, comfy_ro
     stored = next(model.model.diffusion_model.parameters()).dtype
     assert (stored == torch.float8_e4m3fn) == (weight_dtype == "fp8_e4m3fn")
     erased, erasure, _ = unlearn_from_text(pack_nodes, model, dit.StandInSD3Clip(), "a cat -> an animal", steps=2)
-    assert erasure.metadata["prediction_type"] == "flow" and erasure.names
+    assert erasure.metadata.prediction_type == "flow" and erasure.names
     assert all(torch.isfinite(t).all() for t in erasure.deltas().values())
     assert all(p.dtype == stored for p in model.model.diffusion_model.parameters()), "the host's weights changed"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -52,7 +53,7 @@ def test_cli_writes_a_labelled_grid(tiny_pipe, erasure, tmp_path):
 
 def test_cli_refuses_a_comfyui_erasure(tiny_pipe, erasure, tmp_path, capsys):
     tiny_pipe.save_pretrained(tmp_path / "pipe")
-    comfy = Erasure(full=dict(erasure.full), shapes=erasure.shapes, metadata=dict(erasure.metadata, key_format="ldm"))
+    comfy = Erasure(full=dict(erasure.full), shapes=erasure.shapes, metadata=replace(erasure.metadata, key_format="ldm"))
     comfy.save(tmp_path / "comfy.safetensors")
     code = main(["generate", "--pipeline", str(tmp_path / "pipe"), "--erasure", str(tmp_path / "comfy.safetensors"),
                  "--prompts", "a red circle", "--out", str(tmp_path / "grid.png"), "--device", "cpu"])

@@ -9,6 +9,7 @@ import torch
 from unlearn_core.concepts import parse_concept_text
 from unlearn_core.injection import DeltaInjection
 from unlearn_core.keep_projection import keep_basis, outside_share, project_off_
+from unlearn_core.metadata import Projection
 from unlearn_core.parameters import WeightDeltas
 from unlearn_core.trainer import EraseConfig, erase
 from unlearn_demo.flow_model import FlowDemoDenoiser, FlowDemoModel
@@ -67,21 +68,24 @@ def test_keep_prompts_predict_exactly_as_before_and_the_target_moves(patterns):
     after = _predictions(patterns, keep + held_out + [targets[0][0]], on)
     assert (after[:-1] - before[:-1]).abs().max() < 1e-4  # every keep prompt, at every x_t and t
     assert (after[-1] - before[-1]).abs().max() > 1e-2  # "small dots" changed
-    assert on.metadata["keep_projection"].startswith("8 tensors trained off the keep prompts' 8 of 768")
+    projected = on.metadata.keep_projection
+    assert (projected.status, projected.tensors, projected.keep_directions, projected.text_directions) == \
+        (Projection.APPLIED, 8, 8, 768)
     off = erase(patterns, parse_concept_text(text),
                 EraseConfig(resolution=RESOLUTION, steps=10, erase_until=0, keep_projection=False))
     assert (_predictions(patterns, keep, off) - before[: len(keep)]).abs().max() > 1e-3
-    assert off.metadata["keep_projection"] == "off"
+    assert off.metadata.keep_projection.status == Projection.OFF
     # guidance_eta auto: 0.5 where the projection is applied (its target words would overshoot at 1), else ESD's 1
-    assert (on.metadata["config"]["guidance_eta"], off.metadata["config"]["guidance_eta"]) == (0.5, 1.0)
+    assert (on.metadata.config["guidance_eta"], off.metadata.config["guidance_eta"]) == (0.5, 1.0)
 
 
 def test_a_target_whose_words_are_all_kept_falls_back_to_the_keep_loss_and_says_so(patterns):
     """Every word of "small dots" is in a keep prompt: the projection would leave nothing to train."""
     concepts = parse_concept_text("small dots -> a small pattern\nkeep: large dots\nkeep: small checks\n")
     erasure = erase(patterns, concepts, EraseConfig(resolution=RESOLUTION, steps=2, erase_until=0, keep_projection=True))
-    assert erasure.metadata["keep_projection"].startswith("not applied: the keep prompts' 6 of 768 text directions "
-                                                          "leave 'small dots' only 0% of its most distinct row")
+    fell_back = erasure.metadata.keep_projection
+    assert fell_back.status == Projection.FELL_BACK and fell_back.keep_directions == 6
+    assert fell_back.target_shares[0] < 0.005 and "'small dots'" in fell_back.note  # the note names the target
     assert max(erasure.delta(n).abs().max().item() for n in erasure.names) > 0  # it trained, with the keep loss
 
 
@@ -91,7 +95,7 @@ def test_where_no_trained_weight_reads_the_text_it_says_so_and_with_flux_txt_in_
     text, _, keep = demo_prompts("circle", "")
     config = dict(resolution=64, sample_steps=2, steps=3, erase_until=0, keep_projection=True)
     kv = erase(denoiser, parse_concept_text(text), EraseConfig(**config))
-    assert kv.metadata["keep_projection"].startswith("not applicable")
+    assert kv.metadata.keep_projection.status == Projection.NOT_APPLICABLE
     before = _predictions(denoiser, keep)
     txt_in = erase(denoiser, parse_concept_text(text), EraseConfig(parameter_set="context_embedder", **config))
     assert txt_in.lora and (_predictions(denoiser, keep, txt_in) - before).abs().max() < 1e-4

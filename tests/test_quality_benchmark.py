@@ -61,10 +61,11 @@ def test_quick_mode_runs_and_erases(tmp_path):
         before = 100 - run["before"]["target_shows"]
         final = run["evals"][str(result["meta"]["plan"]["steps"])]
         assert final["efficacy"] >= before + 20, (run["divergence"], before, final)  # measured: +25 to +75
-        assert all(len(h) == 4 for h in run["history"]) and len(run["history"]) == result["meta"]["plan"]["steps"]
+        assert run["history"]["step"] == list(range(1, result["meta"]["plan"]["steps"] + 1))
+        assert all(len(column) == len(run["history"]["step"]) for column in run["history"].values())
     sigma_run, = result["sigma_runs"]
     base, = [r for r in result["runs"] if r["divergence"] == "hellinger"]
-    median_s = float(np.median([h[2] for h in base["history"]]))  # sigma is set so that S / sigma^2 = 10
+    median_s = float(np.median(base["history"]["mean_s"]))  # sigma is set so that S / sigma^2 = 10
     assert sigma_run["ratio"] == 10.0 and sigma_run["sigma"] == pytest.approx((median_s / 10) ** 0.5)
 
 

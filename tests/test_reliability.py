@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 from unlearn_core.atomic_write import write_atomically
 from unlearn_core.concepts import ConceptSet, ConceptSetError, load_concept_file, parse_concept_text
 from unlearn_core.erasure import METADATA_KEY, DamagedErasureError, Erasure, ErasureError
+from unlearn_core.metadata import ErasureMetadata, StepRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -43,7 +44,8 @@ def small_erasure(marker: str = "") -> Erasure:
     return Erasure(full={"in.bias": torch.arange(3.0)},
                    lora={"attn.to_k.weight": (torch.ones(4, 2), torch.full((2, 3), 0.5), 2.0)},
                    shapes={"in.bias": (3,), "attn.to_k.weight": (4, 3)},
-                   metadata={"key_format": "ldm", "family": "SD15", "marker": marker, "history": [[1, 0.5, None]]})
+                   metadata=ErasureMetadata(key_format="ldm", family="SD15", history=[StepRecord(1, 0.5, None)],
+                                            extra={"marker": marker}))
 
 
 def write_raw(path: Path, tensors: dict[str, torch.Tensor], meta_text: str) -> Path:
@@ -69,7 +71,8 @@ def loads_or_refuses(path: Path) -> Erasure | None:
 
 @FUZZ
 @given(field=st.sampled_from(["names", "shapes", "key_format", "family", "history", "seconds", "concepts",
-                              "config", "low_rank", "fingerprint", "version"]), value=JSON_VALUES)
+                              "config", "low_rank", "fingerprint", "version", "format", "stop", "stopped",
+                              "keep_projection", "sigma_auto"]), value=JSON_VALUES)
 def test_fuzzed_metadata_field_loads_or_is_refused_clearly(tmp_path, field, value):
     tensors, header = small_erasure().to_state_dict()
     meta = json.loads(header[METADATA_KEY])
@@ -130,12 +133,18 @@ def malformed(tensors: dict, meta: dict, case: str) -> tuple[dict, dict]:
         del meta["shapes"]
     elif case == "unknown tensor":
         tensors["lora_unet_other.diff"] = torch.ones(2)
+    elif case == "unknown stop":
+        meta["stop"] = "finished"
+    elif case == "ragged history":
+        meta["history"] = {"step": [1, 2], "loss": [0.5]}
+    elif case == "projection a list":
+        meta["keep_projection"] = ["applied"]
     return tensors, meta
 
 
 @pytest.mark.parametrize("case", ["rank 0", "1-D up", "wrong rows", "shape other than recorded", "NaN delta",
                                   "inf alpha", "integer tensor", "names not a mapping", "shapes missing",
-                                  "unknown tensor"])
+                                  "unknown tensor", "unknown stop", "ragged history", "projection a list"])
 def test_malformed_file_is_one_clear_damaged_error(tmp_path, case):
     tensors, header = small_erasure().to_state_dict()
     tensors, meta = malformed(tensors, json.loads(header[METADATA_KEY]), case)
@@ -146,17 +155,19 @@ def test_malformed_file_is_one_clear_damaged_error(tmp_path, case):
 
 def test_header_is_strict_json_and_files_with_nan_in_their_header_still_load(tmp_path):
     erasure = small_erasure()
-    erasure.metadata["history"] = [[1, 0.5, math.nan, math.inf]]  # no keep prompts: NaN keep loss
+    erasure.metadata.history = [StepRecord(1, 0.5, math.nan, math.inf)]
     path = erasure.save(tmp_path / "strict.safetensors")
     with safe_open(str(path), "pt") as f:
         text = f.metadata()[METADATA_KEY]
     strict = json.loads(text,
                         parse_constant=lambda c: pytest.fail(f"{c} in the saved header"))
-    assert strict["history"] == [[1, 0.5, None, None]]
+    assert (strict["history"]["step"], strict["history"]["mean_s"], strict["history"]["keep_s"]) == ([1], [None], [None])
     tensors, text = erasure.to_state_dict()
-    old = json.dumps(dict(json.loads(text[METADATA_KEY]), history=[[1, math.nan]]))  # as older versions wrote
-    assert "NaN" in old
-    assert math.isnan(Erasure.load(write_raw(tmp_path / "old.safetensors", tensors, old)).metadata["history"][0][1])
+    old = dict(json.loads(text[METADATA_KEY]), history=[[1, math.nan]])  # as format 1 wrote it
+    del old["format"]
+    assert "NaN" in json.dumps(old)
+    assert math.isnan(Erasure.load(write_raw(tmp_path / "old.safetensors", tensors, json.dumps(old))).metadata
+                      .history[0].loss)
 
 
 # --------------------------------------------------------------------------- saving
@@ -185,7 +196,7 @@ def test_a_failed_write_leaves_nothing_and_keeps_the_existing_file(tmp_path):
 
 def saved_markers(folder: Path) -> list[str]:
     """The marker of every erasure file in ``folder``; each must load (intact)."""
-    return sorted(Erasure.load(p).metadata["marker"] for p in folder.glob("*.safetensors"))
+    return sorted(Erasure.load(p).metadata.extra["marker"] for p in folder.glob("*.safetensors"))
 
 
 @pytest.mark.parametrize("hard_links", [True, False], ids=["hard links", "no hard links"])
@@ -399,7 +410,7 @@ def model_erasure(model) -> Erasure:
     name = next(n for n in weights if n.endswith("attn2.to_k.weight"))
     shape = tuple(weights[name].shape)
     return Erasure(full={name: torch.full(shape, 0.01)}, shapes={name: shape},
-                   metadata={"key_format": "ldm", "family": "SD15"})
+                   metadata=ErasureMetadata(key_format="ldm", family="SD15"))
 
 
 def test_save_node_from_8_threads_with_one_prefix_loses_nothing(pack_nodes, loras):

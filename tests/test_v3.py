@@ -178,7 +178,7 @@ def test_v3_execute_trains_and_shows_the_loss_chart_live_and_on_the_node(v3, pac
     finally:
         comfy.utils.set_progress_bar_global_hook(None)
     model, erasure, chart = out.args
-    assert len(erasure.metadata["history"]) == 20 and chart.shape[-1] == 3
+    assert len(erasure.metadata.history) == 20 and chart.shape[-1] == 3
     assert [value for value, total, _ in updates if total == 20] == list(range(1, 21))
     previews = [(value, preview) for value, _, preview in updates if preview is not None]
     assert [value for value, _ in previews] == [10, 20]

@@ -19,7 +19,7 @@ from .attacks import AttackConfig
 from .concepts import ConceptSetError, load_concept_file, parse_concept_text
 from .settings import add_arguments, check, config_from_inputs
 from .steps import StepInfo
-from .trainer import EraseConfig, Stop, erase
+from .trainer import EraseConfig, erase
 
 
 def _concepts(value: str):
@@ -58,10 +58,10 @@ def cmd_erase(args) -> int:
     path = erasure.save(args.out)
     report = measure(denoiser, erasure, concepts, resolution=args.resolution)
     print(report.text())
-    if erasure.metadata["stop"] == Stop.CAP:
-        print(erasure.metadata["stopped"], file=sys.stderr)
-    print(f"erasure written to {path} ({erasure.metadata['seconds']:.1f} s; {erasure.metadata['stopped']}; "
-          f"keep projection: {erasure.metadata['keep_projection']})")
+    meta = erasure.metadata
+    if meta.capped:
+        print(meta.stopped, file=sys.stderr)
+    print(f"erasure written to {path} ({meta.seconds:.1f} s; {meta.stopped}; keep projection: {meta.keep_projection.note})")
     if args.report_json:
         Path(args.report_json).write_text(json.dumps({"pairs": report.pairs, "keep": report.keep}, indent=1))
     return 0

@@ -20,9 +20,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from . import __version__
 from .atomic_write import write_atomically, write_numbered
 from .bounded_parse import ParseError, dump_json, load_json
+from .metadata import ErasureMetadata, MalformedMetadata
 
 METADATA_KEY = "divergence_unlearn"
 FINGERPRINT_SAMPLES = 1024
@@ -69,7 +69,7 @@ class Erasure:
     full: dict[str, Tensor] = field(default_factory=dict)
     lora: dict[str, tuple[Tensor, Tensor, float]] = field(default_factory=dict)
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    metadata: dict = field(default_factory=dict)
+    metadata: ErasureMetadata = field(default_factory=ErasureMetadata)
 
     @property
     def names(self) -> list[str]:
@@ -87,7 +87,7 @@ class Erasure:
 
     def require_key_format(self, key_format: str) -> None:
         """Raise :class:`ErasureError` unless the tensors are named in ``key_format`` ("diffusers" or "ldm")."""
-        mine = self.metadata.get("key_format")
+        mine = self.metadata.key_format
         if mine == key_format:
             return
         if mine == "ldm":
@@ -103,7 +103,7 @@ class Erasure:
         (and, when ``key_format`` is given, the erasure names its tensors that way)."""
         if key_format is not None:
             self.require_key_format(key_format)
-        mine = self.metadata.get("family", "unknown")
+        mine = self.metadata.family
         missing = [n for n in self.names if n not in named_shapes]
         wrong = [n for n in self.names if n in named_shapes and tuple(named_shapes[n]) != tuple(self.shapes[n])]
         if missing or wrong:
@@ -130,7 +130,7 @@ class Erasure:
             tensors[prefix + ".lora_up.weight"] = up.detach().float().contiguous()
             tensors[prefix + ".lora_down.weight"] = down.detach().float().contiguous()
             tensors[prefix + ".alpha"] = torch.tensor(float(alpha))
-        meta = dict(self.metadata, names=names, shapes={n: list(s) for n, s in self.shapes.items()})
+        meta = dict(self.metadata.to_json(), names=names, shapes={n: list(s) for n, s in self.shapes.items()})
         return tensors, {METADATA_KEY: dump_json(meta), "format": "pt"}
 
     def _writer(self):
@@ -182,30 +182,14 @@ class _Damage(Exception):
     """What is wrong in a file (wrapped into :class:`DamagedErasureError` with the file's name)."""
 
 
-FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
-    "library": str, "version": str, "family": str, "key_format": str, "prediction_type": str, "fingerprint": str,
-    "concepts": dict, "config": dict, "low_rank": dict, "seconds": (int, float, type(None)), "history": list,
-    "stop": str,
-}
-"""Types of the metadata fields the pack writes (``names`` and ``shapes`` are checked on their own)."""
-
-
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _checked_metadata(meta) -> dict:
-    """The header's metadata when every field the pack knows has its type, else :class:`_Damage`."""
+def _tensor_names(meta) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
+    """The header's ``names`` (tensor key -> tensor name) and ``shapes``, popped from ``meta``, else :class:`_Damage`."""
     if not isinstance(meta, dict):
         raise _Damage(f"its metadata is a {type(meta).__name__}, not a mapping")
-    for key, kind in FIELD_TYPES.items():
-        if key in meta and (not isinstance(meta[key], kind) or isinstance(meta[key], bool)):
-            raise _Damage(f"metadata field {key!r} is a {type(meta[key]).__name__}")
-    if meta.get("key_format", "ldm") not in ("ldm", "diffusers"):
-        raise _Damage("metadata field 'key_format' is neither 'ldm' nor 'diffusers'")
-    for row in meta.get("history", []):
-        if not isinstance(row, list) or not all(v is None or _is_number(v) for v in row):
-            raise _Damage("metadata field 'history' holds something other than rows of numbers")
-    names, shapes = meta.get("names"), meta.get("shapes")
+    names, shapes = meta.pop("names", None), meta.pop("shapes", None)
     if not isinstance(names, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in names.items()):
         raise _Damage("metadata field 'names' is missing or not a mapping of tensor keys to names")
     if not isinstance(shapes, dict) or not all(
@@ -214,11 +198,9 @@ def _checked_metadata(meta) -> dict:
         raise _Damage("metadata field 'shapes' is missing or not a mapping of names to lists of positive sizes")
     if sorted(names.values()) != sorted(shapes):
         raise _Damage("metadata fields 'names' and 'shapes' list different tensors")
-    return meta
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if len(set(names.values())) != len(names):
+        raise _Damage("metadata field 'names' gives one tensor name to several keys")
+    return names, {n: tuple(s) for n, s in shapes.items()}
 
 
 def _tensor(tensors: dict[str, Tensor], key: str, dims: int | None = None) -> Tensor:
@@ -238,13 +220,11 @@ def _tensor(tensors: dict[str, Tensor], key: str, dims: int | None = None) -> Te
 def _from_file(meta_text: str, tensors: dict[str, Tensor]) -> Erasure:
     """The erasure in a file's metadata text and tensors, every field and tensor checked."""
     try:
-        meta = _checked_metadata(load_json(meta_text))
-    except ParseError as e:
-        raise _Damage(f"its metadata is not readable ({e})") from None
-    names, shapes = meta.pop("names"), {n: tuple(s) for n, s in meta.pop("shapes").items()}
-    if len(set(names.values())) != len(names):
-        raise _Damage("metadata field 'names' gives one tensor name to several keys")
-    erasure = Erasure(shapes=shapes, metadata=meta)
+        meta = load_json(meta_text)
+        names, shapes = _tensor_names(meta)
+        erasure = Erasure(shapes=shapes, metadata=ErasureMetadata.from_json(meta))
+    except (ParseError, MalformedMetadata) as e:
+        raise _Damage(f"its metadata is not readable ({e})" if isinstance(e, ParseError) else str(e)) from None
     used = set()
     for key, name in names.items():
         shape = shapes[name]
@@ -275,7 +255,3 @@ def _from_file(meta_text: str, tensors: dict[str, Tensor]) -> Erasure:
         raise _Damage(f"{len(extra)} tensors are not named in its metadata, e.g. {extra[0]}")
     return erasure
 
-
-def new_metadata(**fields) -> dict:
-    """Metadata common to every erasure (library version) plus the run's own fields."""
-    return dict(library="divergence-unlearn", version=__version__, **fields)

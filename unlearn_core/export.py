@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -57,7 +58,7 @@ def low_rank(erasure: Erasure, rank: int | None = None) -> tuple[Erasure, dict[s
     """
     if rank is not None and rank < 1:
         raise ValueError(f"rank must be at least 1 (or None for each tensor's exact numerical rank), got {rank}")
-    out = Erasure(lora=dict(erasure.lora), shapes=dict(erasure.shapes), metadata=dict(erasure.metadata))
+    out = Erasure(lora=dict(erasure.lora), shapes=dict(erasure.shapes), metadata=replace(erasure.metadata))
     errors: dict[str, float] = {}
     for name, delta in erasure.full.items():
         if delta.dim() < 2:
@@ -65,7 +66,7 @@ def low_rank(erasure: Erasure, rank: int | None = None) -> tuple[Erasure, dict[s
             continue
         up, down, errors[name] = factorise(delta.reshape(delta.shape[0], -1), rank)
         out.lora[name] = (up, down, float(up.shape[1]))
-    out.metadata["low_rank"] = {"rank": rank, "max_relative_error": max(errors.values(), default=0.0)}
+    out.metadata.low_rank = {"rank": rank, "max_relative_error": max(errors.values(), default=0.0)}
     return out, errors
 
 
@@ -90,7 +91,7 @@ def diffusers_modules(erasure: Erasure, name: str) -> list[str] | None:
     if not (name.endswith(".weight") and len(erasure.shapes[name]) == 2):
         return None
     stem = name[: -len(".weight")]
-    if erasure.metadata.get("key_format") == "diffusers":
+    if erasure.metadata.key_format == "diffusers":
         return ["unet." + stem]
     for pattern, modules in TRANSFORMER_MODULES:
         if match := re.fullmatch(pattern, stem):
@@ -110,7 +111,7 @@ def to_diffusers_lora(erasure: Erasure, skip_unsupported: bool = False) -> dict[
     whose second value holds the approximation errors. Tensors other than linear weights raise
     :class:`ErasureError` naming them, unless ``skip_unsupported`` (then a warning names what was left out).
     """
-    if erasure.metadata.get("family") not in ("Flux", "FluxSchnell", "SD3", "SD35"):
+    if erasure.metadata.family not in ("Flux", "FluxSchnell", "SD3", "SD35"):
         erasure.require_key_format("diffusers")
     skipped = unsupported_tensors(erasure)
     if skipped and not skip_unsupported:

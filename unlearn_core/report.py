@@ -151,7 +151,7 @@ def measure(denoiser: Denoiser, erasure: Erasure, concepts: ConceptSet, resoluti
             probes: int = 4, seed: int = 0, strength: float = 1.0) -> ErasureReport:
     """Prediction-space efficacy and preservation of ``erasure`` on ``denoiser`` (see module docstring); the
     progress towards the aim of the target mode the erasure was trained with, where its metadata names one."""
-    config = erasure.metadata.get("config") or {}
+    config = erasure.metadata.config
     injection = DeltaInjection(denoiser.net, erasure.names, lambda n: strength * erasure.delta(n),
                                fp8_compute=denoiser.dtype)
 

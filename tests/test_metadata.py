@@ -1,0 +1,71 @@
+"""The erasure's typed metadata: written as named fields with a format number, read back the same, and files of
+format 1 (positional step rows, the keep projection as a sentence) still load into the same record."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from unlearn_core.concepts import parse_concept_text
+from unlearn_core.erasure import METADATA_KEY, Erasure
+from unlearn_core.metadata import (FORMAT, ErasureMetadata, Projection, ProjectionRecord, StepRecord, Stop,
+                                   step_record)
+from unlearn_core.steps import StepInfo
+from unlearn_core.trainer import EraseConfig, erase
+from unlearn_demo.flow_model import FlowDemoDenoiser, FlowDemoModel
+
+FORMAT1_FILE = Path(__file__).parent / "data" / "flow_demo_erasure_format1.safetensors"
+# how that file was made, by the pack before its metadata was typed (the flow demo model, 10 steps)
+FORMAT1_CONCEPTS = ("a red circle -> a red shape\na blue circle -> a blue shape\nkeep: a blue square\n"
+                    "keep: a green triangle")
+FORMAT1_CONFIG = EraseConfig(resolution=64, num_samples=4, sample_steps=4, batch_size=2, steps=10, lora_rank=4,
+                             grad_accumulation=2, log_every=3)
+
+
+def test_a_record_round_trips_through_the_header_with_named_fields(tmp_path):
+    meta = ErasureMetadata(family="SD15", key_format="ldm", stop=Stop.ERASED, stopped="erase_until 110% reached",
+                           history=[StepRecord(10, 0.5, 2.0, None, 0.1, 1.2, 0.0, 0.9), StepRecord(11, 0.4, 1.9)],
+                           keep_projection=ProjectionRecord(Projection.APPLIED, "8 tensors", 8, 23, 768, (0.5, 0.7)),
+                           config={"steps": 400}, extra={"from_a_newer_writer": [1, 2]})
+    path = Erasure(full={"w": torch.ones(2)}, shapes={"w": (2,)}, metadata=meta).save(tmp_path / "e.safetensors")
+    with safe_open(str(path), "pt") as f:
+        header = json.loads(f.metadata()[METADATA_KEY])
+    assert header["format"] == FORMAT == 2
+    assert header["history"]["step"] == [10, 11] and header["history"]["moved"] == [1.2, None]
+    assert header["keep_projection"]["status"] == "applied" and header["stop"] == "erase_until"
+    assert Erasure.load(path).metadata == meta
+
+
+def test_a_format1_file_loads_into_the_typed_record():
+    meta = Erasure.load(FORMAT1_FILE).metadata
+    assert (meta.family, meta.key_format, meta.prediction_type) == ("flux-demo", "ldm", "flow")
+    assert [r.step for r in meta.history] == [3, 6, 9, 10]  # log_every 3, and the last step
+    assert all(r.moved is None for r in meta.history[:-1]) and meta.history[-1].moved is not None  # checked last
+    assert meta.stop == Stop.CAP and meta.capped and meta.stopped.startswith("WARNING: erase_until 120%")
+    assert meta.keep_projection.status == Projection.NOT_APPLICABLE
+    assert meta.keep_projection.note.startswith("not applicable: parameter set 'cross_attn_kv'")
+    assert meta.config["lora_rank"] == 4 and meta.config["erase_until"] == 1.2  # the resolved config
+
+
+def test_the_engine_makes_the_format1_files_erasure_again(tmp_path):
+    """The trainer's refactor changed no arithmetic: the same settings give the same updates as the file's."""
+    old = Erasure.load(FORMAT1_FILE)
+    new = erase(FlowDemoDenoiser(FlowDemoModel.load()), parse_concept_text(FORMAT1_CONCEPTS), FORMAT1_CONFIG)
+    assert new.names == old.names
+    for name in new.names:  # bit for bit on one machine; a tolerance for other CPUs' summation orders
+        torch.testing.assert_close(new.delta(name), old.delta(name), rtol=1e-4, atol=1e-7)
+    assert [r.step for r in new.metadata.history] == [r.step for r in old.metadata.history]
+    assert (new.metadata.stop, new.metadata.stopped) == (old.metadata.stop, old.metadata.stopped)
+    assert new.metadata.config == {**old.metadata.config, **{k: v for k, v in new.metadata.config.items()
+                                                              if k not in old.metadata.config}}
+    resaved = Erasure.load(old.save(tmp_path / "again.safetensors"))
+    assert resaved.metadata == old.metadata  # a format-1 file saved again is read back the same
+
+
+def test_a_logged_step_records_its_unmeasured_values_as_none():
+    """StepInfo holds NaN where a step measured nothing (no keep prompts, not a check step); JSON has no NaN."""
+    record = step_record(StepInfo("training", 3, 10, loss=0.5, mean_s=0.2, grad_norm=0.1, moved=1.1))
+    assert record == StepRecord(3, 0.5, 0.2, keep_s=None, grad_norm=0.1, moved=1.1, drift=None, progress=None)
