@@ -244,8 +244,8 @@ def test_a_graph_comfyui_refuses_raises_its_message(server):
     if message.startswith("ComfyUI rejected the graph:"):  # V1 nodes: the host checks combos before running
         assert "(DivergenceUnlearn): Value not in list" in message
     else:  # V3 nodes: ComfyUI 0.3.64 checks only list-typed combos, so the node's own check answers, as clearly
-        assert message.startswith("node 3 (DivergenceUnlearn) failed: ValueError: unknown divergence 'kl_typo'; "
-                                  "valid names: mse, kl,"), message
+        assert message.startswith("node 3 (DivergenceUnlearn) failed: ValueError: divergence = 'kl_typo' is not "
+                                  "one of: mse, kl,"), message  # settings.check's message, as the CLI's and job's
 
 
 @pytest.mark.slow
