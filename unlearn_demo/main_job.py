@@ -44,6 +44,7 @@ from PIL import Image
 
 from unlearn_core.atomic_write import write_atomically
 from unlearn_core.concepts import ConceptSetError, parse_concept_text
+from unlearn_core.erasure import Erasure
 from unlearn_core.plot import comparison_grid
 from unlearn_core.settings import declared, defaults
 from unlearn_core.targets import TARGET_MODES
@@ -271,7 +272,7 @@ def markdown(opts: JobOptions, result: dict) -> str:
     model = "the flow demo model (Flux layout)" if opts.family == "flux" else "the demo model"
     lines = [f"# Erasing '{opts.concept}' from {model}" if opts.demo else "# Erasure report",
              "", f"Host: {result['host']}. Divergence {opts.divergence} ({opts.target_mode}), at most {opts.steps} "
-             f"steps: {result['stopped'] or 'no stop reason in the log'}; "
+             f"steps: {result['stopped']}; "
              f"lr {opts.learning_rate}; {opts.seeds} seeds per prompt, {opts.sample_steps} "
              f"{FAMILIES[opts.family][0]} steps, cfg {opts.cfg}. "
              f"Erasure training {result['erase_seconds']:.1f} s; whole graph {result['graph_seconds']:.1f} s.", ""]
@@ -339,14 +340,15 @@ def run(opts: JobOptions, out: Path, workdir: Path | None = None, timeout: float
             saved = entry["outputs"]["save"]["text"][0]
             saved_path = root / "models" / "loras" / saved
             write_atomically(out / "erasure.safetensors", lambda tmp: shutil.copyfile(saved_path, tmp))
-            erase_seconds, stopped = _erasure_done(server.log())
+            made = Erasure.load(out / "erasure.safetensors").metadata  # how the run ended, as the file records it
         finally:
             server.stop()
             shutil.copyfile(server.log_path, out / "comfyui.log")
 
     grid(prompts, before, after).save(out / "grid.png")
     result = {"host": host_label(), "options": opts.__dict__, "prompts": prompts, "graph_seconds": graph_seconds,
-              "erase_seconds": erase_seconds, "stopped": stopped, "erasure_report": erasure_report}
+              "erase_seconds": made.seconds, "stop": made.stop.value, "stopped": made.stopped,
+              "erasure_report": erasure_report}
     if opts.demo:
         rows = classify(prompts, before, after)
         result["targets"], result["kept"] = rows[: len(target_prompts)], rows[len(target_prompts):]
@@ -354,15 +356,6 @@ def run(opts: JobOptions, out: Path, workdir: Path | None = None, timeout: float
     (out / "report.json").write_text(json.dumps(result, indent=1))
     (out / "report.md").write_text(markdown(opts, result))
     return result
-
-
-def _erasure_done(log: str) -> tuple[float, str]:
-    """Training time and why it stopped, as the Divergence Unlearn node prints them ("done in 12.3 s: ..."); NaN
-    and an empty reason when absent."""
-    import re
-
-    found = re.findall(r"\[Divergence Unlearn\] done in ([\d.]+) s: (.*)", log)
-    return (float(found[-1][0]), found[-1][1].strip()) if found else (float("nan"), "")
 
 
 def main(argv: list[str] | None = None) -> int:
