@@ -102,6 +102,9 @@ def page(server):
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
             "--disable-sync", "--no-first-run"])
+        # a first start opens the template browser over the canvas (the frontend's tutorial; hosts that have it
+        # store it as done on the server): mark it done, as a returning user's settings do, whichever module runs first
+        server.post("/settings/Comfy.TutorialCompleted", True)
         page = browser.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
