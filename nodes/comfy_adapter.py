@@ -17,6 +17,7 @@ import itertools
 import math
 import re
 import traceback
+import uuid
 from dataclasses import replace
 from typing import Iterator
 
@@ -295,6 +296,34 @@ def fitted(patcher, erasure: Erasure) -> Erasure:
     erasure = in_host_names(patcher, erasure)
     erasure.check_against(network_shapes(patcher), model_family(patcher))
     return erasure
+
+
+def before_erasure(patcher, erasure: Erasure):
+    """(The model as it was before ``erasure``, the erasure fitted to it): what the nodes that measure or attack an
+    erasure start from. A MODEL that carries the erasure as weight patches (the output of Divergence Unlearn or Apply
+    Erased UNet, at any strength) is taken back to the model before it; any other MODEL is taken as that model."""
+    erasure = fitted(patcher, erasure)
+    deltas = {"diffusion_model." + name: delta for name, delta in erasure.deltas().items()}
+
+    def applies_it(key: str, patch: tuple) -> bool:  # a host patch entry: (strength, (delta,), strength_model, ...)
+        value = patch[1]
+        return (isinstance(value, tuple) and len(value) == 1 and torch.is_tensor(value[0])
+                and value[0].shape == deltas[key].shape and torch.equal(value[0].float().cpu(), deltas[key].cpu()))
+
+    carried = {key for key in deltas if any(applies_it(key, p) for p in patcher.patches.get(key, ()))}
+    if not carried:
+        return patcher, erasure
+    if carried != set(deltas):
+        raise ValueError(f"this MODEL carries {len(carried)} of the erasure's {len(deltas)} weight updates: connect "
+                         "the model from before the erasure (the one given to Divergence Unlearn)")
+    original = patcher.clone()
+    for key in carried:
+        original.patches[key] = [p for p in original.patches[key] if not applies_it(key, p)]
+        if not original.patches[key]:
+            del original.patches[key]
+    original.patches_uuid = uuid.uuid4()  # the host re-patches its loaded weights when this changes
+    print("[Divergence Unlearn] this MODEL carries the erasure: it is measured against the model before it")
+    return original, erasure
 
 
 def apply_erasure(patcher, erasure: Erasure, strength: float):

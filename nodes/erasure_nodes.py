@@ -12,13 +12,14 @@ import folder_paths
 from ..unlearn_core.erasure import Erasure
 from ..unlearn_core.plot import bar_chart
 from ..unlearn_core.report import measure
-from .comfy_adapter import ComfyDenoiser, apply_erasure, fitted
+from .comfy_adapter import ComfyDenoiser, apply_erasure, before_erasure
 from .images import to_image_tensor
 from .paths import erasure_save_target
 
 NONE = "none"
 # the inputs of the nodes that measure or attack an erasure on the model it was trained on
-ORIGINAL_MODEL = {"model": ("MODEL", {"tooltip": "The ORIGINAL model (before the erasure)."}),
+ORIGINAL_MODEL = {"model": ("MODEL", {"tooltip": "The model the erasure was trained on (the original), or the "
+                                                "erased MODEL: its erasure's weight patches are taken off."}),
                   "clip": ("CLIP", {"tooltip": "Its text encoder."})}
 
 
@@ -111,7 +112,7 @@ class ErasureReport:
         }
 
     def report(self, model, clip, erasure, concepts, resolution: int, probes: int, seed: int):
-        erasure = fitted(model, erasure)
+        model, erasure = before_erasure(model, erasure)
         denoiser = ComfyDenoiser(model, clip)
         try:
             with torch.inference_mode(False):

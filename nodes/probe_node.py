@@ -8,7 +8,7 @@ from PIL import Image
 from ..unlearn_core.attacks import AttackConfig, ProbeResult, probe
 from ..unlearn_core.plot import bar_chart, comparison_grid
 from ..unlearn_core.settings import config_from_inputs, node_inputs
-from .comfy_adapter import fitted, training_view
+from .comfy_adapter import before_erasure, training_view
 from .erasure_nodes import ORIGINAL_MODEL
 from .images import to_image_tensor
 from .progress import TrainingProgress
@@ -47,7 +47,7 @@ class RobustnessProbe:
 
     def probe(self, model, clip, erasure, concepts, vae=None, **settings):
         config = config_from_inputs(AttackConfig, settings)
-        erasure = fitted(model, erasure)
+        model, erasure = before_erasure(model, erasure)
         progress = TrainingProgress(f"{config.attack} attack")
         with training_view(model, clip) as denoiser:
             result = probe(denoiser, erasure, concepts, config, callback=progress)

@@ -157,6 +157,20 @@ def test_report_measures_movement(pack_nodes, sd15_model, sd15_clip):
     assert chart.shape[-1] == 3
 
 
+def test_the_report_given_the_erased_model_measures_the_erasure_once(pack_nodes, sd15_model, sd15_clip):
+    """Divergence Unlearn's MODEL, or Apply Erased UNet's at any strength, wired where the original belongs: the
+    erasure's patches are taken off, so the report is the original model's, not that of the erasure applied twice."""
+    concepts, _ = load_concepts(pack_nodes, "a red circle -> a red shape\nkeep: a blue square")
+    erased, erasure, _ = unlearn(pack_nodes, sd15_model, sd15_clip, concepts, steps=8, learning_rate=3e-3)
+    half, = pack_nodes["DivergenceUnlearnApplyErasure"]().apply(sd15_model, 0.5, "none", erasure)
+    report = pack_nodes["DivergenceUnlearnErasureReport"]()
+    with torch.inference_mode():
+        texts = [report.report(model, sd15_clip, erasure, concepts, 32, 2, 0)["result"][0]
+                 for model in (sd15_model, erased, half)]
+    assert texts[1] == texts[0] and texts[2] == texts[0]
+    assert set(erased.patches) == {"diffusion_model." + n for n in erasure.names}  # the inputs keep their patches
+
+
 def test_missing_clip_and_unsupported_model_are_clear_errors(pack_nodes, sd15_model, sd15_clip):
     concepts, _ = load_concepts(pack_nodes, "a -> b")
     with pytest.raises(ValueError, match="no CLIP is connected"):
