@@ -1,6 +1,6 @@
 """One declaration of the user-facing erase settings, from which the node's inputs and the CLI are built.
 
-A setting is a field of :class:`unlearn_core.trainer.EraseConfig` declared with :func:`setting` (its
+A setting is a field of :class:`unlearn_core.config.EraseConfig` declared with :func:`setting` (its
 default, help text, range or choices, and the value that means "auto" where there is one). The node's
 widgets are those fields in declaration order (saved workflows store widget values by position: append new
 settings, as optional inputs so that saved API prompts still validate, never reorder), and ``erase``'s

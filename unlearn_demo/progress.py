@@ -86,4 +86,4 @@ class JobProgress:
         left = seconds_left(now - since, step - first, total - first)
         self.say(f"erasure: step {step}/{total}, loss {loss}"
                  + (f", ~{left:.0f} s at this pace to step {total} (erase_until usually stops sooner)"
-                    if left == left else ""))
+                    if left == left and step < total else ""))
