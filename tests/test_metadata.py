@@ -4,13 +4,16 @@ format 1 (positional step rows, the keep projection as a sentence) still load in
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 from unlearn_core.concepts import parse_concept_text
-from unlearn_core.erasure import METADATA_KEY, Erasure
+from unlearn_core.erasure import METADATA_KEY, DamagedErasureError, Erasure
 from unlearn_core.metadata import (FORMAT, ErasureMetadata, Projection, ProjectionRecord, StepRecord, Stop,
                                    step_record)
 from unlearn_core.steps import StepInfo
@@ -37,6 +40,23 @@ def test_a_record_round_trips_through_the_header_with_named_fields(tmp_path):
     assert header["history"]["step"] == [10, 11] and header["history"]["moved"] == [1.2, None]
     assert header["keep_projection"]["status"] == "applied" and header["stop"] == "erase_until"
     assert Erasure.load(path).metadata == meta
+    assert ErasureMetadata.from_json(meta.to_json()) == meta  # in memory too, without the JSON text between
+
+
+def test_a_newer_format_is_refused_and_odd_values_load_as_unrecorded(tmp_path):
+    erasure = Erasure(full={"w": torch.ones(2)}, shapes={"w": (2,)})
+    tensors, header = erasure.to_state_dict()
+    meta = json.loads(header[METADATA_KEY])
+    path = tmp_path / "newer.safetensors"
+    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(dict(meta, format=3))})
+    with pytest.raises(DamagedErasureError, match="of format 3, written by a newer Divergence Unlearn"):
+        Erasure.load(path)
+    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(dict(
+        meta, keep_projection={"status": None}, key_format=None, history={"step": [1], "loss": [float("nan")]}))})
+    loaded = Erasure.load(path)
+    assert loaded.metadata.keep_projection.status == Projection.UNRECORDED and loaded.metadata.key_format == ""
+    assert loaded.metadata.history == [StepRecord(1, None, None)]
+    assert Erasure.load(loaded.save(tmp_path / "again.safetensors")).metadata == loaded.metadata
 
 
 def test_a_format1_file_loads_into_the_typed_record():
@@ -66,6 +86,7 @@ def test_the_engine_makes_the_format1_files_erasure_again(tmp_path):
 
 
 def test_a_logged_step_records_its_unmeasured_values_as_none():
-    """StepInfo holds NaN where a step measured nothing (no keep prompts, not a check step); JSON has no NaN."""
-    record = step_record(StepInfo("training", 3, 10, loss=0.5, mean_s=0.2, grad_norm=0.1, moved=1.1))
-    assert record == StepRecord(3, 0.5, 0.2, keep_s=None, grad_norm=0.1, moved=1.1, drift=None, progress=None)
+    """StepInfo holds NaN where a step measured nothing (no keep prompts, not a check step) and an fp16 step that
+    overflowed logs an infinite gradient norm; JSON has neither, and the record holds what the file will."""
+    record = step_record(StepInfo("training", 3, 10, loss=0.5, mean_s=0.2, grad_norm=math.inf, moved=1.1))
+    assert record == StepRecord(3, 0.5, 0.2, keep_s=None, grad_norm=None, moved=1.1, drift=None, progress=None)

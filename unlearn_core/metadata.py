@@ -3,7 +3,8 @@
 The header holds it as JSON under ``divergence_unlearn`` (with the tensors' ``names`` and ``shapes``, which
 :mod:`.erasure` reads itself). Format 2 names every field; files of format 1 (no ``format`` field: the
 pack before this record was typed) stored the step records as positional rows and the keep projection as one
-sentence, and are read into the same record. Fields a newer writer added are kept in ``extra`` and written back.
+sentence, and are read into the same record. Top-level fields a newer writer added are kept in ``extra`` and written
+back; a file of a newer format is refused with a message that says so.
 """
 
 from __future__ import annotations
@@ -63,12 +64,13 @@ class ProjectionRecord:
         if not isinstance(raw, dict) or set(raw) - {f.name for f in fields(cls)}:
             raise MalformedMetadata("metadata field 'keep_projection' is not a projection record")
         shares = raw.get("target_shares", [])
-        counts = [raw.get(k) for k in ("tensors", "keep_directions", "text_directions")]
-        if (not isinstance(raw.get("note", ""), str) or not all(c is None or _is_int(c) for c in counts)
-                or not isinstance(shares, list) or not all(_number(v) is not None for v in shares)):
+        directions = [raw.get(k) for k in ("keep_directions", "text_directions")]
+        if (not isinstance(raw.get("note", ""), str) or not _is_int(raw.get("tensors", 0))
+                or not all(d is None or _is_int(d) for d in directions) or not isinstance(shares, list)
+                or not all(_is_real(v) for v in shares)):
             raise MalformedMetadata("metadata field 'keep_projection' holds a value of the wrong type")
-        return cls(**dict(raw, status=_enum(Projection, raw.get("status", Projection.UNRECORDED), "keep_projection"),
-                          target_shares=tuple(shares)))
+        return cls(**dict(raw, status=_enum(Projection, raw.get("status") or Projection.UNRECORDED, "keep_projection"),
+                          target_shares=tuple(float(v) for v in shares)))
 
 
 @dataclass(frozen=True)
@@ -117,8 +119,10 @@ class ErasureMetadata:
     def to_json(self) -> dict[str, Any]:
         """The header's form (format 2): step records as columns, enums as their values."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("history", "extra")}
+        projection = self.keep_projection
         out.update(stop=self.stop.value if self.stop else None,
-                   keep_projection=dict(asdict(self.keep_projection), status=self.keep_projection.status.value),
+                   keep_projection=dict(asdict(projection), status=projection.status.value,
+                                        target_shares=list(projection.target_shares)),
                    history={name: [getattr(r, name) for r in self.history] for name in STEP_FIELDS})
         return {**self.extra, **out, "format": FORMAT}
 
@@ -131,12 +135,15 @@ class ErasureMetadata:
         version = raw.pop("format", 1)
         if not _is_int(version) or version < 1:
             raise MalformedMetadata("metadata field 'format' is not a positive integer")
+        if version > FORMAT:
+            raise MalformedMetadata(f"it is of format {version}, written by a newer Divergence Unlearn than this one "
+                                    f"(which reads formats 1 to {FORMAT}): update the pack")
         known = {f.name for f in fields(cls)} - {"extra"}
         for key, kind in FIELD_TYPES.items():
             value = raw.get(key)
             if value is not None and (not isinstance(value, kind) or isinstance(value, bool) != (kind is bool)):
                 raise MalformedMetadata(f"metadata field {key!r} is a {type(value).__name__}")
-        if raw.get("key_format", "") not in ("", "ldm", "diffusers"):
+        if (raw.get("key_format") or "") not in ("", "ldm", "diffusers"):
             raise MalformedMetadata("metadata field 'key_format' is neither 'ldm' nor 'diffusers'")
         values = {k: v for k, v in ((k, raw.pop(k)) for k in list(raw) if k in known) if v is not None}
         values["history"] = _step_records(values.get("history", []))
@@ -157,12 +164,19 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    """A recorded number, None where it is not finite (JSON has no NaN: the header stores those as null)."""
+    return value if value is None or math.isfinite(value) else None
+
+
 def _number(value: Any) -> float | None:
-    if value is None:
-        return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
+    if value is not None and not _is_real(value):
         raise MalformedMetadata("metadata field 'history' holds something other than numbers")
-    return value if _is_int(value) else float(value)
+    return value if value is None or _is_int(value) else _finite_or_none(float(value))
 
 
 def _step_records(history: list | dict) -> list[StepRecord]:
@@ -196,6 +210,8 @@ def _enum(kind: type[Enum], value: Any, name: str):
 
 def _projection_of_sentence(note: str) -> Projection:
     """Format 1's keep-projection sentence, as the status it stated."""
+    if not note:
+        return Projection.UNRECORDED
     if note == "off":
         return Projection.OFF
     if note == "no keep prompts":
@@ -208,10 +224,7 @@ def _projection_of_sentence(note: str) -> Projection:
 
 
 def step_record(info) -> StepRecord:
-    """The record of a logged :class:`~unlearn_core.steps.StepInfo` (NaN, the unmeasured value there, as None)."""
-    def value(name: str) -> float | None:
-        v = getattr(info, name)
-        return None if isinstance(v, float) and math.isnan(v) else v
-
-    return StepRecord(info.step, info.loss, info.mean_s, **{n: value(n) for n in STEP_FIELDS[3:]})
+    """The record of a logged :class:`~unlearn_core.steps.StepInfo`: NaN (what it holds where nothing was measured)
+    and infinities (an fp16 step that overflowed) as None, as the header stores them."""
+    return StepRecord(info.step, **{name: _finite_or_none(getattr(info, name)) for name in STEP_FIELDS[1:]})
 

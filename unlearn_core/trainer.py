@@ -306,7 +306,7 @@ class Eraser:
         scaler = self._grad_scaler()
         history: list[StepInfo] = []
         measured: list[float] = []  # what erase_until compares, at every check
-        best = Checkpoint(0, 0.0, self._snapshot(deltas))  # the last check's state
+        best = Checkpoint(0, 0.0, self._snapshot(deltas))  # what is returned: the last check (drift: the one before)
         self.stop = Stop.CAP if cfg.erase_until > 0 else Stop.STEPS
         for step in range(1, cfg.steps + 1):
             sums, grad_norm = self._step(deltas, optimizer, scaler)
@@ -414,7 +414,7 @@ class Eraser:
         """The variational divergences' critic, trained critic_warmup steps before the deltas move."""
         cfg = self.config
         with torch.random.fork_rng(devices=[]):  # its initial weights from the seed, not the process's RNG state
-            torch.manual_seed(cfg.seed)
+            torch.default_generator.manual_seed(cfg.seed)  # the CPU one only: the critic is made there
             self._critic = Critic(channels=self.denoiser.latent_channels).to(self.device)
         self._critic_opt = torch.optim.AdamW(self._critic.parameters(), lr=cfg.critic_lr)
         for i in range(cfg.critic_warmup):
@@ -497,7 +497,7 @@ def _settled(measured: list[float]) -> bool:
 def _stop_text(stop: Stop, cfg: EraseConfig, last: StepInfo, best: Checkpoint, checked: bool,
                adversarial: bool) -> str:
     """Why the run ended, in words: the console's, the node's and the metadata's last line (a warning for CAP).
-    ``last``: the last logged step; ``best``: the last check's state, the one returned."""
+    ``last``: the last logged step; ``best``: the state returned (the last check's; on KEEP_DRIFT the one before)."""
     mode = TARGET_MODES[cfg.target_mode]
     if stop is Stop.KEEP_DRIFT:
         return (f"keep drift {last.drift:.0%} passed max_keep_drift {cfg.max_keep_drift:.0%} at step {last.step}: "

@@ -36,7 +36,7 @@ def _left(seconds: float) -> str:
 
 
 class JobProgress:
-    """Prints one line per phase change, per finished prompt of the image phases and per logged training step."""
+    """Prints one line per phase change, per drawn image (before or after) and per logged training step."""
 
     def __init__(self, prompts: int, sample_steps: int, out: TextIO = sys.stdout,
                  clock: Callable[[], float] = time.monotonic):
