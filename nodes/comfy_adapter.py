@@ -303,6 +303,8 @@ def before_erasure(patcher, erasure: Erasure):
     erasure start from. A MODEL that carries the erasure as weight patches (the output of Divergence Unlearn or Apply
     Erased UNet, at any strength) is taken back to the model before it; any other MODEL is taken as that model."""
     erasure = fitted(patcher, erasure)
+    if not any("diffusion_model." + name in patcher.patches for name in erasure.names):
+        return patcher, erasure  # the usual case, the original model: no update is computed to compare
     deltas = {"diffusion_model." + name: delta for name, delta in erasure.deltas().items()}
 
     def applies_it(key: str, patch: tuple) -> bool:  # a host patch entry: (strength, (delta,), strength_model, ...)
