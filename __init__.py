@@ -1,7 +1,7 @@
 """Divergence Unlearn: concept erasure by f-divergence unlearning, as ComfyUI nodes.
 
-ComfyUI with the V3 node API (0.3.48 and later) gets V3 nodes through ``comfy_entrypoint``, older hosts the
-V1 mappings; both come from the same node classes (``nodes/``). Never export both: ComfyUI loads a module
+ComfyUI with the V3 node API (0.3.48 and later) gets the nodes through ``comfy_entrypoint``, older hosts
+through the V1 mappings; both are the same node classes (``nodes/``). Never export both: ComfyUI loads a module
 that has ``NODE_CLASS_MAPPINGS`` as V1 and then ignores its ``comfy_entrypoint``.
 """
 
@@ -17,7 +17,7 @@ else:
     from .nodes.host import HAS_V3_API
 
     if HAS_V3_API:
-        from .nodes.v3 import comfy_entrypoint
+        from .nodes import comfy_entrypoint
 
         __all__ = ["comfy_entrypoint"]
     else:

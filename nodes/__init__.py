@@ -1,28 +1,31 @@
-"""The pack's ComfyUI nodes, defined once as V1 classes; ``v3.py`` makes V3 nodes of them for hosts with the V3 API."""
+"""The pack's ComfyUI nodes, each declared once as a V3 node (``io.ComfyNode``; see ``host.py`` for ``io``).
 
-from .concept_nodes import LoadConceptSet
-from .erasure_nodes import ApplyErasedUNet, ErasureReport, SaveErasure
+Hosts with the V3 API load them through ``comfy_entrypoint``; older hosts get the same classes as V1 nodes
+through ``NODE_CLASS_MAPPINGS`` (``io_fallback`` gives them the V1 attributes).
+"""
+
 from .paths import register_folders
-from .probe_node import RobustnessProbe
-from .unlearn_node import DivergenceUnlearn
 
-register_folders()
+register_folders()  # before the node modules: Load Concept Set's schema lists models/concept_sets
 
-# Node ids are part of every saved workflow: never rename them.
-NODE_CLASS_MAPPINGS = {
-    "DivergenceUnlearnLoadConceptSet": LoadConceptSet,
-    "DivergenceUnlearn": DivergenceUnlearn,
-    "DivergenceUnlearnApplyErasure": ApplyErasedUNet,
-    "DivergenceUnlearnSaveErasure": SaveErasure,
-    "DivergenceUnlearnErasureReport": ErasureReport,
-    "DivergenceUnlearnRobustnessProbe": RobustnessProbe,
-}
+from .concept_nodes import LoadConceptSet  # noqa: E402
+from .erasure_nodes import ApplyErasedUNet, ErasureReport, SaveErasure  # noqa: E402
+from .host import HAS_V3_API  # noqa: E402
+from .probe_node import RobustnessProbe  # noqa: E402
+from .unlearn_node import DivergenceUnlearn  # noqa: E402
 
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "DivergenceUnlearnLoadConceptSet": "Load Concept Set",
-    "DivergenceUnlearn": "Divergence Unlearn (α)",
-    "DivergenceUnlearnApplyErasure": "Apply Erased UNet",
-    "DivergenceUnlearnSaveErasure": "Save Erasure",
-    "DivergenceUnlearnErasureReport": "Erasure Report",
-    "DivergenceUnlearnRobustnessProbe": "Robustness Probe",
-}
+NODES = (LoadConceptSet, DivergenceUnlearn, ApplyErasedUNet, SaveErasure, ErasureReport, RobustnessProbe)
+# Node ids (in each schema) are part of every saved workflow: never rename them.
+NODE_CLASS_MAPPINGS = {node.define_schema().node_id: node for node in NODES}
+NODE_DISPLAY_NAME_MAPPINGS = {node.define_schema().node_id: node.define_schema().display_name for node in NODES}
+
+if HAS_V3_API:
+    from comfy_api.latest import ComfyExtension
+
+    class DivergenceUnlearnExtension(ComfyExtension):
+        async def get_node_list(self) -> list[type]:
+            return list(NODES)
+
+    async def comfy_entrypoint() -> ComfyExtension:
+        """What ComfyUI calls to load the pack as V3 nodes."""
+        return DivergenceUnlearnExtension()

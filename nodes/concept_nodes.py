@@ -7,46 +7,47 @@ import os
 import folder_paths
 
 from ..unlearn_core.concepts import ConceptSet, load_concept_file, load_preset, parse_concept_text, preset_names
+from .host import CONCEPT_SET, io
 
 NONE = "none"
 EXAMPLE = "# one erasure per line: target -> anchor\nVan Gogh -> a painting\nkeep: a painting in the style of Claude Monet\n"
 
 
-class LoadConceptSet:
-    DESCRIPTION = ("The concepts to erase: each line `target -> anchor` (the anchor is what the target should "
-                   "become; leave it empty to erase towards nothing), `keep: prompt` for prompts that must not "
-                   "change, `template: a painting by {}` to expand every concept (the anchor fills the template too, "
-                   "unless it is in double quotes or the template already says it: `Van Gogh -> a painting` trains "
-                   "\"a painting by Van Gogh\" onto \"a painting\"). Inline text, a preset and a file from "
-                   "models/concept_sets are merged; the summary lists the prompt pairs that will be trained.")
-    CATEGORY = "unlearning"
-    RETURN_TYPES = ("CONCEPT_SET", "STRING")
-    RETURN_NAMES = ("concepts", "summary")
-    OUTPUT_TOOLTIPS = ("The concept set, for Divergence Unlearn and Erasure Report.", "A readable summary.")
-    FUNCTION = "load"
+class LoadConceptSet(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DivergenceUnlearnLoadConceptSet", display_name="Load Concept Set", category="unlearning",
+            description=(
+                "The concepts to erase: each line `target -> anchor` (the anchor is what the target should "
+                "become; leave it empty to erase towards nothing), `keep: prompt` for prompts that must not "
+                "change, `template: a painting by {}` to expand every concept (the anchor fills the template too, "
+                "unless it is in double quotes or the template already says it: `Van Gogh -> a painting` trains "
+                "\"a painting by Van Gogh\" onto \"a painting\"). Inline text, a preset and a file from "
+                "models/concept_sets are merged; the summary lists the prompt pairs that will be trained."),
+            inputs=[
+                # dynamic_prompts off: the frontend would otherwise eat the "{}" of our templates
+                io.String.Input("text", multiline=True, dynamic_prompts=False, default=EXAMPLE,
+                                tooltip="Lines `target -> anchor`, `keep: prompt`, `template: ...{}...`, "
+                                        "`preset: name`, and # comments. An anchor in double quotes is a "
+                                        "whole prompt, never templated."),
+                io.Combo.Input("preset", options=[NONE, *preset_names()], default=NONE,
+                               tooltip="A bundled example set merged with the text."),
+                io.Combo.Input("file", options=[NONE, *folder_paths.get_filename_list("concept_sets")],
+                               default=NONE, tooltip="A .txt/.json/.yaml set from models/concept_sets."),
+            ],
+            outputs=[CONCEPT_SET.Output(display_name="concepts",
+                                        tooltip="The concept set, for Divergence Unlearn and Erasure Report."),
+                     io.String.Output(display_name="summary", tooltip="A readable summary.")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                # dynamicPrompts off: the frontend would otherwise eat the "{}" of our templates
-                "text": ("STRING", {"multiline": True, "dynamicPrompts": False, "default": EXAMPLE,
-                                    "tooltip": "Lines `target -> anchor`, `keep: prompt`, `template: ...{}...`, "
-                                               "`preset: name`, and # comments. An anchor in double quotes is a "
-                                               "whole prompt, never templated."}),
-                "preset": ([NONE, *preset_names()], {"default": NONE,
-                                                     "tooltip": "A bundled example set merged with the text."}),
-                "file": ([NONE, *folder_paths.get_filename_list("concept_sets")],
-                         {"default": NONE, "tooltip": "A .txt/.json/.yaml set from models/concept_sets."}),
-            }
-        }
-
-    @classmethod
-    def IS_CHANGED(cls, text="", preset=NONE, file=NONE):
+    def fingerprint_inputs(cls, text: str = "", preset: str = NONE, file: str = NONE):
         path = folder_paths.get_full_path("concept_sets", file) if file not in (None, NONE) else None
         return (text, preset, file, os.path.getmtime(path) if path and os.path.exists(path) else None)
 
-    def load(self, text: str, preset: str, file: str):
+    @classmethod
+    def execute(cls, text: str, preset: str, file: str) -> io.NodeOutput:
         parts: list[ConceptSet] = []
         if text.strip() and any(l.strip() and not l.strip().startswith("#") for l in text.splitlines()):
             parts.append(parse_concept_text(text, name="inline"))
@@ -65,4 +66,4 @@ class LoadConceptSet:
         if not concepts.pairs:
             raise ValueError("the concept set has keep prompts but nothing to erase: add a line like "
                              "`Van Gogh -> a painting`")
-        return (concepts, concepts.summary())
+        return io.NodeOutput(concepts, concepts.summary())

@@ -7,45 +7,50 @@ from PIL import Image
 
 from ..unlearn_core.attacks import AttackConfig, ProbeResult, probe
 from ..unlearn_core.plot import bar_chart, comparison_grid
-from ..unlearn_core.settings import config_from_inputs, node_inputs
+from ..unlearn_core.settings import config_from_inputs
 from .comfy_adapter import before_erasure, training_view
-from .erasure_nodes import ORIGINAL_MODEL
+from .erasure_nodes import original_model_inputs
+from .host import CONCEPT_SET, ERASURE, io, shown
 from .images import to_image_tensor
 from .progress import TrainingProgress
+from .widgets import setting_inputs
 
 
-class RobustnessProbe:
-    DESCRIPTION = ("Attack an erasure: learn, on the erased model, the conditioning that brings each target back "
-                   "(soft_prompt: an offset on the text encoder's output; textual_inversion: one new word, the "
-                   "demo models) "
-                   "from images of the target the original model draws. Reports, in the Erasure Report's terms, how "
-                   "far the attack restores each target's prediction (100% = as before the erasure), shows the "
-                   "original, erased and attacked images side by side, and outputs the attack's conditioning to "
-                   "sample with. Measured: benchmarks/results/robustness.md.")
-    CATEGORY = "unlearning"
-    RETURN_TYPES = ("IMAGE", "CONDITIONING", "STRING")
-    RETURN_NAMES = ("images", "adversarial_conditioning", "report")
-    OUTPUT_TOOLTIPS = ("Original | erased | erased asked with the attack, per target prompt (same noise); without a "
-                       "VAE, a chart of how far the attack restored each target.",
-                       "The attack's conditioning of the first target prompt: connect it to a sampler's positive.",
-                       "The numbers as text.")
-    OUTPUT_NODE = True
-    FUNCTION = "probe"
+class RobustnessProbe(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DivergenceUnlearnRobustnessProbe", display_name="Robustness Probe", category="unlearning",
+            description=(
+                "Attack an erasure: learn, on the erased model, the conditioning that brings each target back "
+                "(soft_prompt: an offset on the text encoder's output; textual_inversion: one new word, the demo "
+                "models) from images of the target the original model draws. Reports, in the Erasure Report's "
+                "terms, how far the attack restores each target's prediction (100% = as before the erasure), shows "
+                "the original, erased and attacked images side by side, and outputs the attack's conditioning to "
+                "sample with. Measured: benchmarks/results/robustness.md."),
+            inputs=[
+                *original_model_inputs(),
+                ERASURE.Input("erasure", tooltip="The erasure to attack."),
+                CONCEPT_SET.Input("concepts", tooltip="The erased concept set: its target prompts are attacked."),
+                *setting_inputs(AttackConfig),
+                io.Vae.Input("vae", optional=True,
+                             tooltip="Decodes the preview images; without it the images output is a chart of the "
+                                     "numbers."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="images",
+                                tooltip="Original | erased | erased asked with the attack, per target prompt (same "
+                                        "noise); without a VAE, a chart of how far the attack restored each target."),
+                io.Conditioning.Output(display_name="adversarial_conditioning",
+                                       tooltip="The attack's conditioning of the first target prompt: connect it to "
+                                               "a sampler's positive."),
+                io.String.Output(display_name="report", tooltip="The numbers as text."),
+            ],
+            is_output_node=True,
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                **ORIGINAL_MODEL,
-                "erasure": ("ERASURE", {"tooltip": "The erasure to attack."}),
-                "concepts": ("CONCEPT_SET", {"tooltip": "The erased concept set: its target prompts are attacked."}),
-                **node_inputs(AttackConfig),
-            },
-            "optional": {"vae": ("VAE", {"tooltip": "Decodes the preview images; without it the images output is "
-                                                    "a chart of the numbers."})},
-        }
-
-    def probe(self, model, clip, erasure, concepts, vae=None, **settings):
+    def execute(cls, model, clip, erasure, concepts, vae=None, **settings) -> io.NodeOutput:
         config = config_from_inputs(AttackConfig, settings)
         model, erasure = before_erasure(model, erasure)
         progress = TrainingProgress(f"{config.attack} attack")
@@ -54,9 +59,8 @@ class RobustnessProbe:
         text = result.text()
         print(f"[Divergence Unlearn] {text}")
         bars = [(f"restored: {p['target']}", 1 - p["moved"]) for p in result.after.pairs]
-        images = _grid(result, model, vae) if vae is not None else bar_chart(bars, "Robustness probe")
-        grid = to_image_tensor(images)
-        return {"ui": {"text": [text]}, "result": (grid, _conditioning(result, clip), text)}
+        grid = to_image_tensor(_grid(result, model, vae) if vae is not None else bar_chart(bars, "Robustness probe"))
+        return io.NodeOutput(grid, _conditioning(result, clip), text, ui=shown(cls, text=text, image=grid))
 
 
 def _decoded(latents: torch.Tensor, model, vae) -> list[Image.Image]:

@@ -13,7 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 pytest.register_assert_rewrite("helpers")  # its assertion helpers report like a test's own asserts
 
-from comfy_host import ComfyServer, host_label, load_inprocess, pack_submodule, prepare_host  # noqa: E402
+from comfy_host import ComfyServer, host_label, load_inprocess, prepare_host  # noqa: E402
 from helpers import CHROMIUM, READY  # noqa: E402
 
 torch.set_num_threads(2)
@@ -39,12 +39,6 @@ def comfy(comfy_root):
 @pytest.fixture(scope="session")
 def pack_nodes(comfy):
     return {k: v for k, v in comfy.NODE_CLASS_MAPPINGS.items() if k.startswith("DivergenceUnlearn")}
-
-
-@pytest.fixture(scope="session")
-def v1_nodes(pack_nodes) -> dict:
-    """The V1 node classes, the one definition of each node (on V3 hosts ``pack_nodes`` holds their V3 subclasses)."""
-    return pack_submodule(pack_nodes, "nodes").NODE_CLASS_MAPPINGS
 
 
 @pytest.fixture(scope="session")

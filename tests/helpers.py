@@ -134,9 +134,28 @@ def pool_of(denoiser: Denoiser, source: str = "anchor_samples", samples: int = 1
 # ------------------------------------------------------------------- the nodes in-process (test_comfy_inprocess)
 
 
+ALWAYS_WRITTEN_BY_V3 = ("multiselect", "multiline")  # V3 inputs write these flags even when False
+
+
+def inputs_in_v1_form(input_types: dict) -> dict:
+    """A node's required and optional inputs as ``{"section/name": (type or combo choices, options)}``, whether
+    ``INPUT_TYPES`` came from ComfyUI's V3 layer (a combo as ``("COMBO", {"options": ...})``) or is V1."""
+    out = {}
+    for section in ("required", "optional"):
+        for name, entry in input_types.get(section, {}).items():
+            kind, options = entry[0], dict(entry[1] if len(entry) > 1 else {})
+            if kind == "COMBO":
+                kind = options.pop("options")
+            for flag in ALWAYS_WRITTEN_BY_V3:
+                if options.get(flag) is False:
+                    del options[flag]
+            out[f"{section}/{name}"] = (kind if isinstance(kind, list) else str(kind), options)
+    return out
+
+
 def load_concepts(pack_nodes, text):
     with torch.inference_mode():
-        return pack_nodes["DivergenceUnlearnLoadConceptSet"]().load(text, "none", "none")
+        return pack_nodes["DivergenceUnlearnLoadConceptSet"].execute(text, "none", "none").args
 
 
 def unlearn(pack_nodes, model, clip, concepts, **overrides):
@@ -146,7 +165,7 @@ def unlearn(pack_nodes, model, clip, concepts, **overrides):
                 preservation_weight=1.0, precision="fp32", gradient_checkpointing=False, seed=0)
     args.update(overrides)
     with torch.inference_mode():  # as ComfyUI's executor runs every node
-        return pack_nodes["DivergenceUnlearn"]().unlearn(model, clip, concepts, **args)
+        return pack_nodes["DivergenceUnlearn"].execute(model, clip, concepts, **args).args
 
 
 # ------------------------------------------------------------- the nodes on flow transformers (test_flow_models)
@@ -154,7 +173,7 @@ def unlearn(pack_nodes, model, clip, concepts, **overrides):
 
 def concept_set(pack_nodes, text):
     with torch.inference_mode():
-        return pack_nodes["DivergenceUnlearnLoadConceptSet"]().load(text, "none", "none")[0]
+        return pack_nodes["DivergenceUnlearnLoadConceptSet"].execute(text, "none", "none").args[0]
 
 
 def unlearn_from_text(pack_nodes, model, clip, text, **overrides):
@@ -167,7 +186,7 @@ def unlearn_from_text(pack_nodes, model, clip, text, **overrides):
                 preservation_weight=1.0, precision="auto", gradient_checkpointing=False, seed=0)
     args.update(overrides)
     with torch.inference_mode():
-        return pack_nodes["DivergenceUnlearn"]().unlearn(model, clip, concepts, **args)
+        return pack_nodes["DivergenceUnlearn"].execute(model, clip, concepts, **args).args
 
 
 # --------------------------------------------------------------------------- a real ComfyUI server (test_server)

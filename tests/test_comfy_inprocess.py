@@ -51,7 +51,7 @@ def test_load_concept_set_merges_and_reports_errors(pack_nodes):
     with pytest.raises(ValueError, match="nothing to erase"):
         load_concepts(pack_nodes, "# only a comment")
     with torch.inference_mode():
-        merged, _ = pack_nodes["DivergenceUnlearnLoadConceptSet"]().load("x -> y", "nudity", "none")
+        merged, _ = pack_nodes["DivergenceUnlearnLoadConceptSet"].execute("x -> y", "nudity", "none").args
     assert len(merged.pairs) > 1
 
 
@@ -79,18 +79,18 @@ def test_robustness_probe_attacks_an_erasure_in_the_host(pack_nodes, sd15_model,
     weights_before = {k: v.clone() for k, v in sd15_model.model.diffusion_model.state_dict().items()}
     settings = dict(attack="soft_prompt", steps=3, learning_rate=5e-3, images=2, batch_size=2, init_word="", seed=0,
                     resolution=32, sample_steps=2)
-    node = pack_nodes["DivergenceUnlearnRobustnessProbe"]()
+    node = pack_nodes["DivergenceUnlearnRobustnessProbe"]
     with torch.inference_mode():
-        out = node.probe(sd15_model, sd15_clip, erasure, concepts, **settings)
-    chart, conditioning, text = out["result"]
+        out = node.execute(sd15_model, sd15_clip, erasure, concepts, **settings)
+    chart, conditioning, text = out.args
     assert chart.shape[0] == 1 and chart.shape[-1] == 3  # no VAE: the chart of the numbers
     target = encode(sd15_clip, "a red circle")
     assert conditioning[0][0].shape == target.shape and not torch.allclose(conditioning[0][0], target.float())
-    assert "restored" in text and out["ui"]["text"] == [text]
+    assert "restored" in text and out.ui["text"] == [text]
     for k, v in sd15_model.model.diffusion_model.state_dict().items():
         assert torch.equal(v, weights_before[k]), f"shared weight {k} changed"
     with pytest.raises(ValueError, match="use the attack soft_prompt"), torch.inference_mode():
-        node.probe(sd15_model, sd15_clip, erasure, concepts, **{**settings, "attack": "textual_inversion"})
+        node.execute(sd15_model, sd15_clip, erasure, concepts, **{**settings, "attack": "textual_inversion"})
 
 
 def test_unlearn_trains_through_host_blocks_with_grad(pack_nodes, sd15_model, sd15_clip):
@@ -107,11 +107,11 @@ def test_unlearn_trains_through_host_blocks_with_grad(pack_nodes, sd15_model, sd
 def test_apply_erasure_strength_and_mismatch(pack_nodes, sd15_model, sd15_clip):
     concepts, _ = load_concepts(pack_nodes, "a red circle -> a red shape")
     erased, erasure, _ = unlearn(pack_nodes, sd15_model, sd15_clip, concepts)
-    apply = pack_nodes["DivergenceUnlearnApplyErasure"]()
+    apply = pack_nodes["DivergenceUnlearnApplyErasure"]
     target = encode(sd15_clip, "a red circle")
     with torch.inference_mode():
-        zero = apply.apply(sd15_model, 0.0, "none", erasure)[0]
-        one = apply.apply(sd15_model, 1.0, "none", erasure)[0]
+        zero = apply.execute(sd15_model, 0.0, "none", erasure).args[0]
+        one = apply.execute(sd15_model, 1.0, "none", erasure).args[0]
     assert torch.equal(apply_model(zero, target), apply_model(sd15_model, target))
     assert torch.allclose(apply_model(one, target), apply_model(erased, target), atol=1e-6)
     name = erasure.names[0]
@@ -119,9 +119,9 @@ def test_apply_erasure_strength_and_mismatch(pack_nodes, sd15_model, sd15_clip):
     erasure.metadata.family = "SDXL"
     with pytest.raises(ValueError, match="made for a SDXL model and does not fit this SD15 model"):
         with torch.inference_mode():
-            apply.apply(sd15_model, 1.0, "none", erasure)
+            apply.execute(sd15_model, 1.0, "none", erasure)
     with pytest.raises(ValueError, match="no erasure given"):
-        apply.apply(sd15_model, 1.0, "none", None)
+        apply.execute(sd15_model, 1.0, "none", None)
 
 
 def test_saved_erasure_loads_in_stock_lora_loader_with_same_predictions(comfy, pack_nodes, sd15_model, sd15_clip):
@@ -129,30 +129,30 @@ def test_saved_erasure_loads_in_stock_lora_loader_with_same_predictions(comfy, p
 
     concepts, _ = load_concepts(pack_nodes, "a red circle -> a red shape")
     erased, erasure, _ = unlearn(pack_nodes, sd15_model, sd15_clip, concepts, lora_rank=4)
-    saver = pack_nodes["DivergenceUnlearnSaveErasure"]()
-    first = saver.save(erasure, "tests/erasure")["ui"]["text"][0]
-    second = saver.save(erasure, "tests/erasure")["ui"]["text"][0]
+    saver = pack_nodes["DivergenceUnlearnSaveErasure"]
+    first = saver.execute(erasure, "tests/erasure").ui["text"][0]
+    second = saver.execute(erasure, "tests/erasure").ui["text"][0]
     assert first != second, "an existing erasure file was overwritten"
     loras = folder_paths.get_folder_paths("loras")[0]
     assert os.path.isfile(os.path.join(loras, first)) and first in folder_paths.get_filename_list("loras")
     with torch.inference_mode():
         stock = comfy.LoraLoaderModelOnly().load_lora_model_only(sd15_model, first, 1.0)[0]
-        ours = pack_nodes["DivergenceUnlearnApplyErasure"]().apply(sd15_model, 1.0, first)[0]
+        ours = pack_nodes["DivergenceUnlearnApplyErasure"].execute(sd15_model, 1.0, first).args[0]
     target = encode(sd15_clip, "a red circle")
     expected = apply_model(erased, target)
     assert torch.allclose(apply_model(stock, target), expected, atol=1e-5)
     assert torch.allclose(apply_model(ours, target), expected, atol=1e-6)
     for bad in ("../escape", "/abs/path", "a/../../b", "", "x;rm"):
         with pytest.raises(ValueError, match="not allowed|outside"):
-            saver.save(erasure, bad)
+            saver.execute(erasure, bad)
 
 
 def test_report_measures_movement(pack_nodes, sd15_model, sd15_clip):
     concepts, _ = load_concepts(pack_nodes, "a red circle -> a red shape\nkeep: a blue square")
     _, erasure, _ = unlearn(pack_nodes, sd15_model, sd15_clip, concepts, steps=8, learning_rate=3e-3)
     with torch.inference_mode():
-        out = pack_nodes["DivergenceUnlearnErasureReport"]().report(sd15_model, sd15_clip, erasure, concepts, 32, 2, 0)
-    text, chart = out["result"]
+        out = pack_nodes["DivergenceUnlearnErasureReport"].execute(sd15_model, sd15_clip, erasure, concepts, 32, 2, 0)
+    text, chart = out.args
     assert "'a red circle' -> 'a red shape': moved" in text and "keep 'a blue square'" in text
     assert chart.shape[-1] == 3
 
@@ -162,10 +162,10 @@ def test_the_report_given_the_erased_model_measures_the_erasure_once(pack_nodes,
     erasure's patches are taken off, so the report is the original model's, not that of the erasure applied twice."""
     concepts, _ = load_concepts(pack_nodes, "a red circle -> a red shape\nkeep: a blue square")
     erased, erasure, _ = unlearn(pack_nodes, sd15_model, sd15_clip, concepts, steps=8, learning_rate=3e-3)
-    half, = pack_nodes["DivergenceUnlearnApplyErasure"]().apply(sd15_model, 0.5, "none", erasure)
-    report = pack_nodes["DivergenceUnlearnErasureReport"]()
+    half, = pack_nodes["DivergenceUnlearnApplyErasure"].execute(sd15_model, 0.5, "none", erasure).args
+    report = pack_nodes["DivergenceUnlearnErasureReport"]
     with torch.inference_mode():
-        texts = [report.report(model, sd15_clip, erasure, concepts, 32, 2, 0)["result"][0]
+        texts = [report.execute(model, sd15_clip, erasure, concepts, 32, 2, 0).args[0]
                  for model in (sd15_model, erased, half)]
     assert texts[1] == texts[0] and texts[2] == texts[0]
     assert set(erased.patches) == {"diffusion_model." + n for n in erasure.names}  # the inputs keep their patches
@@ -203,7 +203,7 @@ def test_sdxl_family_trains_with_y_conditioning_and_refuses_sd15_erasures(pack_n
     _, sd15_erasure, _ = unlearn(pack_nodes, sd15_model, sd15_clip, concepts, steps=1)
     with pytest.raises(ValueError, match="made for a SD15 model and does not fit this Segmind_Vega model"):
         with torch.inference_mode():
-            pack_nodes["DivergenceUnlearnApplyErasure"]().apply(sdxl, 1.0, "none", sd15_erasure)
+            pack_nodes["DivergenceUnlearnApplyErasure"].execute(sdxl, 1.0, "none", sd15_erasure)
 
 
 def test_cancel_stops_within_a_step_and_frees_the_training_copy(pack_nodes, sd15_model, sd15_clip):
@@ -236,10 +236,10 @@ def test_hellinger_erasure_moves_target_onto_anchor_and_keeps_preservation(pack_
     _, erasure, _ = unlearn(pack_nodes, sd15_model, sd15_clip, concepts, steps=40, learning_rate=1e-4,
                             batch_size=2, anchor_samples=4, sample_steps=4)
     with torch.inference_mode():
-        out = pack_nodes["DivergenceUnlearnErasureReport"]().report(sd15_model, sd15_clip, erasure, concepts, 32, 4, 0)
-    print(out["result"][0])
-    numbers = report_numbers(out["result"][0])
-    assert numbers["moved"] >= 40 and numbers["drift"] <= 10, out["result"][0]  # measured: 79.9%, 2.1%
+        out = pack_nodes["DivergenceUnlearnErasureReport"].execute(sd15_model, sd15_clip, erasure, concepts, 32, 4, 0)
+    print(out.args[0])
+    numbers = report_numbers(out.args[0])
+    assert numbers["moved"] >= 40 and numbers["drift"] <= 10, out.args[0]  # measured: 79.9%, 2.1%
 
 
 
@@ -248,12 +248,12 @@ def test_apply_notes_when_the_model_is_not_the_one_trained_on(pack_nodes, sd15_m
 
     concepts, _ = load_concepts(pack_nodes, "a red circle -> a red shape")
     _, erasure, _ = unlearn(pack_nodes, sd15_model, sd15_clip, concepts, steps=1)
-    apply = pack_nodes["DivergenceUnlearnApplyErasure"]()
+    apply = pack_nodes["DivergenceUnlearnApplyErasure"]
     capsys.readouterr()
     with torch.inference_mode():
-        apply.apply(sd15_model, 1.0, "none", erasure)
+        apply.execute(sd15_model, 1.0, "none", erasure)
         assert "weights differ" not in capsys.readouterr().out
-        apply.apply(build_patcher("SD15", seed=7, model_channels=64), 1.0, "none", erasure)
+        apply.execute(build_patcher("SD15", seed=7, model_channels=64), 1.0, "none", erasure)
     assert "weights differ from those the erasure was trained on" in capsys.readouterr().out
 
 
@@ -266,12 +266,12 @@ def test_concept_set_file_from_the_models_folder_and_its_change_detection(pack_n
         f.write("pairs:\n  - Van Gogh -> a painting\nkeep:\n  - a photo of a dog\n")
     assert "test_styles.yaml" in folder_paths.get_filename_list("concept_sets")
     with torch.inference_mode():
-        concepts, _ = node().load("", "none", "test_styles.yaml")
+        concepts, _ = node.execute("", "none", "test_styles.yaml").args
     assert [(p.target, p.anchor) for p in concepts.pairs] == [("Van Gogh", "a painting")]
     assert concepts.keep == ("a photo of a dog",)
-    first = node.IS_CHANGED(text="", preset="none", file="test_styles.yaml")
+    first = node.fingerprint_inputs(text="", preset="none", file="test_styles.yaml")
     os.utime(path, (0, 0))
-    assert node.IS_CHANGED(text="", preset="none", file="test_styles.yaml") != first
+    assert node.fingerprint_inputs(text="", preset="none", file="test_styles.yaml") != first
 
 
 def test_model_of_an_untrainable_kind_is_a_clear_error(pack_nodes, sd15_clip):

@@ -168,8 +168,8 @@ def test_diffusers_erasure_loads_in_stock_lora_loader_with_same_predictions(comf
         assert moved > 100 * DENOISED_AGREE, f"{run}: the erasure barely changes the predictions ({moved:.2e})"
         assert diff < DENOISED_AGREE, f"{run}: the stock-loaded ComfyUI model is not the erased diffusers UNet"
         with torch.inference_mode():  # the pack's own Apply Erased UNet reads the same file the same way
-            ours = pack_nodes["DivergenceUnlearnApplyErasure"]().apply(
-                patcher, 1.0, f"cross_host_{parameter_set}_r{rank}.safetensors")[0]
+            ours = pack_nodes["DivergenceUnlearnApplyErasure"].execute(
+                patcher, 1.0, f"cross_host_{parameter_set}_r{rank}.safetensors").args[0]
         assert _max_diff(_comfy_outputs(ours, contexts, x), erased) < DENOISED_AGREE, f"{run}: Apply Erased UNet"
 
         if erasure.lora:  # the trainer's alpha equals the rank (scale 1): check that the host reads .alpha too

@@ -84,8 +84,8 @@ def test_the_pack_erases_from_the_flow_demo_and_the_stock_lora_loader_applies_th
     erased, erasure = unlearn_from_text(pack_nodes, model, clip, text, lora_rank=-1, steps=6)[:2]
     assert erasure.lora and all(".txt_attn.qkv." in name for name in erasure.lora), sorted(erasure.lora)
     with torch.inference_mode():
-        saved = pack_nodes["DivergenceUnlearnSaveErasure"]().save(erasure, "erasures/flow_demo")
-    name = saved["ui"]["text"][0] if isinstance(saved, dict) else saved[0]
+        saved = pack_nodes["DivergenceUnlearnSaveErasure"].execute(erasure, "erasures/flow_demo")
+    name = saved.ui["text"][0]
     with torch.inference_mode():
         loaded = flux_host.NODE_CLASS_MAPPINGS["LoraLoaderModelOnly"]().load_lora_model_only(model, name, 1.0)[0]
 

@@ -256,12 +256,12 @@ def test_node_erases_from_the_transformer_and_the_stock_loader_applies_the_file(
     kv = ".context_block.attn.qkv.weight" if family == "SD3" else ".txt_attn.qkv.weight"
     assert erasure.names and all(n.endswith(kv) for n in erasure.names) and set(erasure.lora) == set(erasure.names)
     with torch.inference_mode():
-        report = pack_nodes["DivergenceUnlearnErasureReport"]().report(
-            model, clip, erasure, concept_set(pack_nodes, "a red circle -> a red shape"), 64, 4, 0)["result"][0]
+        report = pack_nodes["DivergenceUnlearnErasureReport"].execute(
+            model, clip, erasure, concept_set(pack_nodes, "a red circle -> a red shape"), 64, 4, 0).args[0]
     moved = float(report.split("moved ")[1].split("%")[0])
     assert moved > 20, report  # the target's prediction moved towards the anchor's (measured: Flux 40-60 %)
 
-    name = pack_nodes["DivergenceUnlearnSaveErasure"]().save(erasure, f"tests/{family}")["ui"]["text"][0]
+    name = pack_nodes["DivergenceUnlearnSaveErasure"].execute(erasure, f"tests/{family}").ui["text"][0]
     assert os.path.isfile(os.path.join(folder_paths.get_folder_paths("loras")[0], name))
     with torch.inference_mode():
         stock = comfy.LoraLoaderModelOnly().load_lora_model_only(model, name, 1.0)[0]

@@ -113,7 +113,7 @@ def test_installed_wheel_finds_the_pack_and_the_demo_weights(installed_wheel, tm
         assert headless.checkout_root() is None  # site-packages is no pack root
         pack = headless.link_pack(Path({str(tmp_path)!r}))
         assert "Divergence Unlearn: concept erasure" in (pack / "__init__.py").read_text()
-        assert (pack / "nodes" / "__init__.py").is_file() and (pack / "nodes" / "v3.py").is_file()
+        assert (pack / "nodes" / "__init__.py").is_file() and (pack / "nodes" / "io_fallback.py").is_file()
         assert (pack / "web" / "docs" / "DivergenceUnlearn.md").is_file()
         assert (pack / "workflows" / "demo_erase_circle.json").is_file()
         assert (pack / "workflows" / "api" / "demo_erase_circle.json").is_file()

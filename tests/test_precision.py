@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import inputs_in_v1_form
 from unlearn_core.trainer import LEGACY_PRECISIONS, PRECISIONS, EraseConfig, resolve_precision
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
@@ -33,9 +34,9 @@ def test_old_names_of_saved_workflows_mean_what_they_did():
     assert all(resolve_precision(name, torch.float32, CUDA) == name for name in PRECISIONS if name != "auto")
 
 
-def test_the_node_lists_the_new_names_and_accepts_the_old(v1_nodes):
-    node = v1_nodes["DivergenceUnlearn"]
-    choices, options = node.INPUT_TYPES()["required"]["precision"]
+def test_the_node_lists_the_new_names_and_accepts_the_old(pack_nodes):
+    node = pack_nodes["DivergenceUnlearn"]
+    choices, options = inputs_in_v1_form(node.INPUT_TYPES())["required/precision"]
     assert choices == list(PRECISIONS) and options["default"] == "auto"
-    assert all(node.VALIDATE_INPUTS(precision=name) is True for name in [*PRECISIONS, *LEGACY_PRECISIONS])
-    assert "unknown precision 'fp8'" in node.VALIDATE_INPUTS(precision="fp8")
+    assert all(node.validate_inputs(precision=name) is True for name in [*PRECISIONS, *LEGACY_PRECISIONS])
+    assert "unknown precision 'fp8'" in node.validate_inputs(precision="fp8")

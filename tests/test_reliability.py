@@ -419,7 +419,7 @@ def test_save_node_from_8_threads_with_one_prefix_loses_nothing(pack_nodes, lora
     def run(i: int) -> None:
         barrier.wait()
         for j in range(4):
-            saved.append(saver.save(small_erasure(f"{i}-{j}"), "threads/same")["ui"]["text"][0])
+            saved.append(saver.execute(small_erasure(f"{i}-{j}"), "threads/same").ui["text"][0])
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
     for t in threads:
@@ -477,7 +477,7 @@ def test_kill_9_in_the_middle_of_a_large_save_leaves_nothing_the_host_lists(comf
 ])
 def test_bad_filename_prefix_is_one_clear_error_naming_it(pack_nodes, prefix, problem):
     with pytest.raises(ValueError) as info:
-        pack_nodes["DivergenceUnlearnSaveErasure"]().save(small_erasure(), prefix)
+        pack_nodes["DivergenceUnlearnSaveErasure"].execute(small_erasure(), prefix)
     assert str(info.value).startswith("filename_prefix '") and problem in str(info.value)
     assert len(str(info.value)) < 300
 
@@ -485,7 +485,7 @@ def test_bad_filename_prefix_is_one_clear_error_naming_it(pack_nodes, prefix, pr
 @pytest.mark.parametrize("strength", [math.nan, math.inf, -math.inf])
 def test_non_finite_strength_is_refused_naming_the_widget(pack_nodes, strength):
     with pytest.raises(ValueError, match=r"strength is (nan|inf|-inf): set the strength widget"):
-        pack_nodes["DivergenceUnlearnApplyErasure"]().apply(None, strength, "none", small_erasure())
+        pack_nodes["DivergenceUnlearnApplyErasure"].execute(None, strength, "none", small_erasure())
 
 
 def test_upper_case_extension_is_listed_and_loads(pack_nodes, sd15_model, loras):
@@ -493,7 +493,7 @@ def test_upper_case_extension_is_listed_and_loads(pack_nodes, sd15_model, loras)
     erasure.save(loras / "case" / "upper.SAFETENSORS")
     assert "case/upper.SAFETENSORS" in [n.replace(os.sep, "/") for n in host_listing()]
     with torch.inference_mode():
-        out = pack_nodes["DivergenceUnlearnApplyErasure"]().apply(sd15_model, 1.0, "case/upper.SAFETENSORS")[0]
+        out = pack_nodes["DivergenceUnlearnApplyErasure"].execute(sd15_model, 1.0, "case/upper.SAFETENSORS").args[0]
     assert set(out.patches) == {"diffusion_model." + name for name in erasure.names}
 
 
@@ -509,7 +509,7 @@ def test_file_with_other_tensor_shapes_or_nan_is_refused_not_silently_unapplied(
     save_file(tensors, str(loras / "damaged.safetensors"), metadata=header)
     with pytest.raises(ValueError, match=rf"^damaged\.safetensors: this erasure file is damaged: tensor .*{problem}"):
         with torch.inference_mode():
-            pack_nodes["DivergenceUnlearnApplyErasure"]().apply(sd15_model, 1.0, "damaged.safetensors")
+            pack_nodes["DivergenceUnlearnApplyErasure"].execute(sd15_model, 1.0, "damaged.safetensors")
 
 
 @pytest.mark.slow  # the node's 30 critic warm-up steps; test_trainer checks 32 px with one

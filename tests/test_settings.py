@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from helpers import _bench
+from helpers import _bench, inputs_in_v1_form
 from unlearn_core.cli import build_parser
 from unlearn_demo.main_job import JobOptions, build_graph
 from unlearn_core.settings import declared, defaults
@@ -39,16 +39,19 @@ def test_new_settings_only_append_to_the_saved_widget_order():
     assert names[: len(SAVED_WIDGET_ORDER)] == SAVED_WIDGET_ORDER
 
 
-def test_the_node_inputs_are_the_declaration(v1_nodes):
-    spec = v1_nodes["DivergenceUnlearn"].INPUT_TYPES()  # the V3 node's schema is checked against it in test_v3
+def test_the_node_inputs_are_the_declaration(pack_nodes):
+    spec = pack_nodes["DivergenceUnlearn"].INPUT_TYPES()
     names = [s.name for s in declared(EraseConfig)]
     assert list(spec["required"]) == list(GRAPH_INPUTS) + SAVED_WIDGET_ORDER
     assert list(spec["optional"]) == ["latents"] + names[len(SAVED_WIDGET_ORDER):]  # absent in older API prompts
+    inputs = inputs_in_v1_form(spec)
     for s in declared(EraseConfig):
-        kind, options = {**spec["required"], **spec["optional"]}[s.name]
+        kind, options = inputs.get(f"required/{s.name}") or inputs[f"optional/{s.name}"]
         assert options["default"] == s.default and options["tooltip"] == s.help
         assert kind == (s.choices if s.choices is not None else {int: "INT", float: "FLOAT", str: "STRING",
                                                                  bool: "BOOLEAN"}[s.kind])
+        if s.auto is not None:  # the widget reaches the "auto" value below the range
+            assert options["min"] == s.auto and options["max"] == s.high
 
 
 def test_the_cli_offers_every_setting_with_its_default():
@@ -142,14 +145,12 @@ def test_a_bad_setting_fails_the_same_way_in_cli_trainer_and_main_job(name, valu
             check_options(replace(JobOptions(), **{name: value}))
 
 
-def test_auto_values_pass_and_reach_the_widgets():
+def test_auto_values_pass_the_check():
     from dataclasses import replace
 
-    from unlearn_core.settings import check, node_inputs
+    from unlearn_core.settings import check
 
-    check(replace(EraseConfig(), guidance_eta=-1.0, lora_rank=-1, sigma=0.0))
-    widgets = node_inputs(EraseConfig)
-    assert widgets["guidance_eta"][1]["min"] == -1.0 and widgets["lora_rank"][1]["min"] == -1
+    check(replace(EraseConfig(), guidance_eta=-1.0, lora_rank=-1, sigma=0.0, erase_until=-1.0))
 
 
 def test_the_readmes_settings_table_is_the_declaration():

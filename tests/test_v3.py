@@ -1,15 +1,18 @@
-"""V3 nodes where the host has the V3 API, V1 nodes on older hosts, both from one definition (``nodes/v3.py``).
+"""The nodes are declared once as V3 nodes: against ComfyUI's ``comfy_api.latest.io`` where the host has it,
+else against ``nodes/io_fallback.py``, which renders them as V1 node classes.
 
 Run on both hosts: the default 2024 one (V1 path) and ``COMFYUI_PATH=<ComfyUI 0.3.48 or later>`` (V3 path);
-tests that need the V3 API say so when skipped. In-process: what the pack exports, each V3 schema against
-its V1 ``INPUT_TYPES``, the generation from a V1 class that uses every kind of input, and the V3 execute
-path with its previews. Through servers (slow): ``/object_info`` of the 2024 host and of the V3 host give
-the same inputs, and training on the V3 host streams loss-chart previews over the websocket.
+tests that need the V3 API say so when skipped. In-process: what the pack exports, one example node declared
+against both modules (same inputs, outputs, hooks and results), the fallback's classes against ComfyUI's, and
+the V3 execute path with its previews. Through servers (slow): ``/object_info`` of the 2024 host and of the V3
+host give the same inputs, and training on the V3 host streams loss-chart previews over the websocket.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
+import inspect
 import io as bytes_io
 import json
 import struct
@@ -20,40 +23,31 @@ import torch
 from PIL import Image
 
 from comfy_host import ComfyServer, pack_module, pack_submodule, prepare_host
+from helpers import inputs_in_v1_form
 from workflow_format import API_WORKFLOWS
 
-ALWAYS_WRITTEN_BY_V3 = ("multiselect", "multiline")  # V3 inputs write these flags even when False
 PREVIEW_IMAGE_WITH_METADATA = 4  # ComfyUI's protocol.BinaryEventTypes
 
 
 @pytest.fixture(scope="module")
-def v3(pack_nodes):
-    """``nodes/v3.py``; skips on hosts without the V3 API."""
+def fallback(pack_nodes):
+    """``nodes/io_fallback.py`` (importable on every host: it needs nothing from ComfyUI)."""
+    return importlib.import_module(f"{pack_module(pack_nodes).__name__}.nodes.io_fallback")
+
+
+@pytest.fixture(scope="module")
+def v3_io(pack_nodes):
+    """ComfyUI's ``comfy_api.latest.io``; skips on hosts without the V3 API."""
     if not pack_submodule(pack_nodes, "nodes.host").HAS_V3_API:
         pytest.skip("this host has no V3 API: run with COMFYUI_PATH=<ComfyUI 0.3.48 or later>")
-    return pack_submodule(pack_nodes, "nodes.v3")
+    from comfy_api.latest import io
 
-
-def inputs_in_v1_form(input_types: dict) -> dict:
-    """Required and optional inputs as ``{name: (type or combo choices, options)}``, V1 or V3 style alike."""
-    out = {}
-    for section in ("required", "optional"):
-        for name, entry in input_types.get(section, {}).items():
-            kind, options = entry[0], dict(entry[1] if len(entry) > 1 else {})
-            if kind == "COMBO":
-                kind = options.pop("options")
-            for flag in ALWAYS_WRITTEN_BY_V3:
-                if options.get(flag) is False:
-                    del options[flag]
-            out[f"{section}/{name}"] = (kind if isinstance(kind, list) else str(kind), options)
-    return out
+    return io
 
 
 def outputs_of(cls) -> dict:
-    names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
-    tooltips = getattr(cls, "OUTPUT_TOOLTIPS", None) or [None] * len(cls.RETURN_TYPES)
-    return {"types": [str(t) for t in cls.RETURN_TYPES], "names": list(names), "tooltips": list(tooltips),
-            "output_node": bool(getattr(cls, "OUTPUT_NODE", False)), "category": cls.CATEGORY,
+    return {"types": [str(t) for t in cls.RETURN_TYPES], "names": list(cls.RETURN_NAMES),
+            "tooltips": list(cls.OUTPUT_TOOLTIPS), "output_node": bool(cls.OUTPUT_NODE), "category": cls.CATEGORY,
             "description": cls.DESCRIPTION}
 
 
@@ -71,95 +65,115 @@ def defaults(node) -> dict:
             for name, entry in spec.get(section, {}).items() if len(entry) > 1 and "default" in entry[1]}
 
 
+def declare_example(io) -> type:
+    """A node with every kind of input, option and hook the pack's nodes use, declared against ``io``."""
+    thing = io.Custom("EXAMPLE_THING")
+
+    class Example(io.ComfyNode):
+        @classmethod
+        def define_schema(cls):
+            return io.Schema(
+                node_id="DivergenceUnlearnTestExample", display_name="Example", category="testing",
+                description="An example.",
+                inputs=[
+                    io.Int.Input("count", default=3, min=1, max=9, step=2, tooltip="n"),
+                    io.Float.Input("scale", default=0.5, min=0.0, max=1.0, step=0.01, round=False),
+                    io.String.Input("text", multiline=True, dynamic_prompts=False, default="a {}"),
+                    io.String.Input("name", default="", tooltip="one line"),
+                    io.Boolean.Input("flag", default=True),
+                    io.Combo.Input("mode", options=["a", "b"], default="b", tooltip="a choice"),
+                    thing.Input("thing", tooltip="a custom type; its name is also an output's"),
+                    io.Model.Input("model", optional=True),
+                ],
+                outputs=[io.String.Output(display_name="text", tooltip="Some text."),
+                         thing.Output(display_name="thing", tooltip="A thing."), io.Model.Output()],
+                is_output_node=True,
+            )
+
+        @classmethod
+        def validate_inputs(cls, count):
+            return count != 5 or "5 is not allowed"
+
+        @classmethod
+        def fingerprint_inputs(cls, count, **others):
+            return count * 10
+
+        @classmethod
+        def execute(cls, count, scale, text, name, flag, mode, thing, model=None):
+            return io.NodeOutput(f"{count} {mode} {text.format(thing)}", thing, model, ui={"text": [name]})
+
+    return Example
+
+
+EXAMPLE_INPUTS = dict(count=3, scale=0.5, text="a {}", name="x", flag=True, mode="b", thing="circle")
+
+
 # --------------------------------------------------------------------------- in-process
 
 
-def test_pack_exports_v3_nodes_only_where_the_host_has_the_v3_api(comfy, pack_nodes, v1_nodes):
-    root = pack_module(pack_nodes)
-    assert set(pack_nodes) == set(v1_nodes)  # the same node ids on every host
+def test_the_pack_exports_its_nodes_the_way_the_host_loads_them(comfy, pack_nodes, fallback):
+    root, nodes = pack_module(pack_nodes), pack_submodule(pack_nodes, "nodes")
+    assert pack_nodes == nodes.NODE_CLASS_MAPPINGS  # the same classes, whichever way the host loaded them
+    for node_id, cls in pack_nodes.items():
+        assert cls.define_schema().node_id == node_id
+        assert comfy.NODE_DISPLAY_NAME_MAPPINGS[node_id] == cls.define_schema().display_name
     if pack_submodule(pack_nodes, "nodes.host").HAS_V3_API:
         from comfy_api.latest import io
 
         assert hasattr(root, "comfy_entrypoint") and not hasattr(root, "NODE_CLASS_MAPPINGS")
-        for node_id, cls in pack_nodes.items():
-            assert issubclass(cls, io.ComfyNode) and issubclass(cls, v1_nodes[node_id])
-            assert cls.GET_SCHEMA().node_id == node_id
-            assert comfy.NODE_DISPLAY_NAME_MAPPINGS[node_id] == cls.GET_SCHEMA().display_name
+        assert all(issubclass(cls, io.ComfyNode) and cls.GET_SCHEMA() for cls in pack_nodes.values())
     else:
-        assert not hasattr(root, "comfy_entrypoint") and root.NODE_CLASS_MAPPINGS == v1_nodes
-        assert all(pack_nodes[node_id] is cls for node_id, cls in v1_nodes.items())
+        assert not hasattr(root, "comfy_entrypoint") and root.NODE_CLASS_MAPPINGS == pack_nodes
+        assert all(issubclass(cls, fallback.ComfyNode) for cls in pack_nodes.values())
 
 
-def test_every_v3_schema_matches_its_v1_definition(v3, pack_nodes, v1_nodes):
-    for node_id, cls in pack_nodes.items():
-        v1 = v1_nodes[node_id]
-        assert inputs_in_v1_form(cls.INPUT_TYPES()) == inputs_in_v1_form(v1.INPUT_TYPES()), node_id
-        assert outputs_of(cls) == outputs_of(v1), node_id
+def test_a_node_declared_against_the_fallback_is_a_v1_node(fallback):
+    node = declare_example(fallback)
+    assert node.INPUT_TYPES() == {
+        "required": {
+            "count": ("INT", {"default": 3, "min": 1, "max": 9, "step": 2, "tooltip": "n"}),
+            "scale": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01, "round": False}),
+            "text": ("STRING", {"default": "a {}", "multiline": True, "dynamicPrompts": False}),
+            "name": ("STRING", {"default": "", "multiline": False, "tooltip": "one line"}),
+            "flag": ("BOOLEAN", {"default": True}),
+            "mode": (["a", "b"], {"default": "b", "tooltip": "a choice"}),
+            "thing": ("EXAMPLE_THING", {"tooltip": "a custom type; its name is also an output's"}),
+        },
+        "optional": {"model": ("MODEL", {})},
+    }
+    assert outputs_of(node) == {"types": ["STRING", "EXAMPLE_THING", "MODEL"], "names": ["text", "thing", "MODEL"],
+                                "tooltips": ["Some text.", "A thing.", None], "output_node": True,
+                                "category": "testing", "description": "An example."}
+    out = getattr(node(), node.FUNCTION)(**EXAMPLE_INPUTS)
+    assert out == {"result": ("3 b a circle", "circle", None), "ui": {"text": ["x"]}}
+    # the host calls VALIDATE_INPUTS with the inputs its signature names (they skip its own range checks)
+    assert "count" in inspect.getfullargspec(node.VALIDATE_INPUTS).args
+    assert node.VALIDATE_INPUTS(count=5) == "5 is not allowed" and node.VALIDATE_INPUTS(count=3) is True
+    assert node.IS_CHANGED(count=4, mode="a") == 40
 
 
-class Example:
-    """A V1 node with every kind of input and option, and the V1 extras (hidden input, validation, IS_CHANGED)."""
-
-    DESCRIPTION = "An example."
-    CATEGORY = "testing"
-    RETURN_TYPES = ("STRING", "EXAMPLE_THING")
-    RETURN_NAMES = ("text", "thing")
-    OUTPUT_TOOLTIPS = ("Some text.", "A thing.")
-    OUTPUT_NODE = True
-    FUNCTION = "run"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "count": ("INT", {"default": 3, "min": 1, "max": 9, "step": 2, "display": "slider", "tooltip": "n"}),
-                "scale": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01, "round": False}),
-                "text": ("STRING", {"multiline": True, "dynamicPrompts": False, "default": "a {}"}),
-                "flag": ("BOOLEAN", {"default": True, "label_on": "yes", "label_off": "no"}),
-                "mode": (["a", "b"], {"default": "b", "tooltip": "a choice"}),
-                "thing": ("EXAMPLE_THING", {"tooltip": "a custom type; its name is also an output's"}),
-                "linked": ("INT", {"default": 0, "forceInput": True}),
-            },
-            "optional": {"model": ("MODEL",), "newer": ("STRING", {"an_option_from_a_later_comfyui": 1})},
-            "hidden": {"node_id": "UNIQUE_ID"},
-        }
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, count):
-        return count != 5 or "5 is not allowed"
-
-    @classmethod
-    def IS_CHANGED(cls, count, **others):
-        return count * 10
-
-    def run(self, count, scale, text, flag, mode, thing, linked, node_id, model=None, newer=""):
-        return {"ui": {"text": [f"node {node_id}"]}, "result": (f"{count} {mode} {text.format(thing)}", thing)}
-
-
-def test_v3_node_is_generated_from_any_v1_definition(v3):
+def test_the_fallback_declares_what_comfyuis_v3_api_declares(fallback, v3_io):
     from comfy_api.internal import first_real_override
-    from comfy_api.latest import io
 
-    node = v3.v3_node("DivergenceUnlearnTestExample", Example)
-    assert inputs_in_v1_form(node.INPUT_TYPES()) == inputs_in_v1_form(Example.INPUT_TYPES())
-    assert outputs_of(node) == outputs_of(Example)
-    schema = node.GET_SCHEMA()
-    assert schema.is_output_node and io.Hidden.unique_id in schema.hidden
-    assert [type(i) for i in schema.inputs[:6]] == [io.Int.Input, io.Float.Input, io.String.Input, io.Boolean.Input,
-                                                    io.Combo.Input, v3.io_type("EXAMPLE_THING").Input]
-    assert isinstance(schema.inputs[7], io.Model.Input) and schema.inputs[7].optional
-
-    out = run_v3(node, {io.Hidden.unique_id: "7"}, count=3, scale=0.5, text="a {}", flag=True, mode="b",
-                 thing="circle", linked=1)
-    assert out.args == ("3 b a circle", "circle") and out.ui == {"text": ["node 7"]}
-    # ComfyUI calls validate_inputs with the inputs its signature names (they skip the built-in range checks)
-    validate = first_real_override(node, "validate_inputs")
+    real, ours = declare_example(v3_io), declare_example(fallback)
+    assert inputs_in_v1_form(real.INPUT_TYPES()) == inputs_in_v1_form(ours.INPUT_TYPES())
+    assert outputs_of(real) == outputs_of(ours)
+    out = run_v3(real, **EXAMPLE_INPUTS)
+    assert {"result": out.args, "ui": out.ui} == getattr(ours(), ours.FUNCTION)(**EXAMPLE_INPUTS)
+    validate = first_real_override(real, "validate_inputs")
     assert validate is not None and "count" in validate.__func__.__code__.co_varnames
-    assert node.validate_inputs(count=5) == "5 is not allowed" and node.validate_inputs(count=3) is True
-    assert first_real_override(node, "fingerprint_inputs")(count=4, mode="a") == 40
+    assert first_real_override(real, "fingerprint_inputs")(count=4, mode="a") == ours.IS_CHANGED(count=4, mode="a")
+    # every keyword the fallback accepts, ComfyUI's class accepts too, with the same default
+    for name in ("Int", "Float", "String", "Boolean", "Combo"):
+        theirs = inspect.signature(getattr(v3_io, name).Input.__init__).parameters
+        for param in inspect.signature(getattr(fallback, name).Input.__init__).parameters.values():
+            assert param.name in theirs and theirs[param.name].default == param.default, (name, param.name)
+    for name in ("Schema", "NodeOutput"):
+        theirs = inspect.signature(getattr(v3_io, name)).parameters
+        assert set(inspect.signature(getattr(fallback, name)).parameters) <= set(theirs), name
 
 
-def test_v3_execute_trains_and_shows_the_loss_chart_live_and_on_the_node(v3, pack_nodes, sd15_model, sd15_clip):
+def test_v3_execute_trains_and_shows_the_loss_chart_live_and_on_the_node(v3_io, pack_nodes, sd15_model, sd15_clip):
     """The V3 path as ComfyUI's executor takes it; a progress hook stands in for the server's, which
     passes each preview on to the node (``test_training_on_the_v3_host_streams_loss_chart_previews``)."""
     import comfy.utils
@@ -193,7 +207,7 @@ def test_v3_execute_trains_and_shows_the_loss_chart_live_and_on_the_node(v3, pac
 
 
 @pytest.mark.slow
-def test_object_info_gives_the_same_inputs_on_the_2024_host_and_the_v3_host(v3, tmp_path, monkeypatch):
+def test_object_info_gives_the_same_inputs_on_the_2024_host_and_the_v3_host(v3_io, tmp_path, monkeypatch):
     """Fresh servers of both hosts (empty model folders, so that file lists agree)."""
     servers = {"v3": ComfyServer(prepare_host(tmp_path / "v3"), tmp_path / "v3-run")}
     monkeypatch.delenv("COMFYUI_PATH")
@@ -219,7 +233,7 @@ def test_object_info_gives_the_same_inputs_on_the_2024_host_and_the_v3_host(v3, 
 
 
 @pytest.mark.slow
-def test_training_on_the_v3_host_streams_loss_chart_previews(v3, server):
+def test_training_on_the_v3_host_streams_loss_chart_previews(v3_io, server):
     import aiohttp
 
     from helpers import adapt_for_tiny

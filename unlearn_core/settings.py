@@ -2,7 +2,7 @@
 
 A setting is a field of :class:`unlearn_core.config.EraseConfig` declared with :func:`setting` (its
 default, help text, range or choices, and the value that means "auto" where there is one). The node's
-widgets are those fields in declaration order (saved workflows store widget values by position: append new
+widgets (``nodes/widgets.py``) are those fields in declaration order (saved workflows store widget values by position: append new
 settings, as optional inputs so that saved API prompts still validate, never reorder), and ``erase``'s
 command-line options are the same fields as ``--dashed-names``. Fields declared without :func:`setting` are
 engine-only. :func:`check` validates a config against the declaration: the trainer
@@ -16,8 +16,6 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
-
-_KIND = {int: "INT", float: "FLOAT", str: "STRING", bool: "BOOLEAN"}
 
 
 @dataclass(frozen=True)
@@ -94,22 +92,6 @@ def check(config: Any) -> None:
 def defaults(config_cls: type) -> dict[str, Any]:
     """The settings' default values by input name (what a graph passes to leave a setting at its default)."""
     return {s.name: s.default for s in declared(config_cls)}
-
-
-def node_inputs(config_cls: type, optional: bool = False) -> dict[str, tuple]:
-    """ComfyUI ``INPUT_TYPES`` entries for the required (or the optional) settings: combos for choices, else
-    INT/FLOAT/STRING/BOOLEAN widgets."""
-    inputs = {}
-    for s in declared(config_cls):
-        if s.optional != optional:
-            continue
-        options: dict[str, Any] = {"default": s.default, "tooltip": s.help}
-        low = s.low if s.auto is None or s.low is None else min(s.low, s.auto)  # the widget reaches "auto" too
-        options.update({k: v for k, v in (("min", low), ("max", s.high), ("step", s.step)) if v is not None})
-        if s.kind is float:
-            options["round"] = False
-        inputs[s.name] = (s.choices if s.choices is not None else _KIND[s.kind], options)
-    return inputs
 
 
 def config_from_inputs(config_cls: type, values: dict[str, Any], **extra: Any):
