@@ -357,7 +357,7 @@ def report_agreement(domain: Domain, model: torch.nn.Module, concepts: tuple[str
         erasure = erase(denoiser, concept_set, config, callback=callback)
         until = settings.get("erase_until", EraseConfig.erase_until)
         if until < 0:  # auto: what the run would have resolved it to (its mode and eta)
-            until = TARGET_MODES[config.target_mode].auto_erase_until(erasure.metadata.config["guidance_eta"])
+            until = TARGET_MODES[config.target_mode].auto_erase_until(erasure.metadata.config.guidance_eta)
         for row in rows[first:]:
             row["erase_until"] = until
     print("\n" + agreement(rows, settings.get("check_every", EraseConfig.check_every)))

@@ -63,6 +63,12 @@ def loaded_prediction(tiny_pipe, denoiser, state):
     return DiffusersDenoiser.from_pipeline(pipe)(*probe(denoiser))
 
 
+def untrained(erasure: Erasure) -> list[str]:
+    """The erasure's tensors whose update is zero or not finite: [] for a run that trained every tensor it chose."""
+    return [n for n in erasure.names
+            if not (torch.isfinite(d := erasure.delta(n)).all() and bool(d.abs().max() > 0))]
+
+
 # ------------------------------------------------------------ the demo models (test_demo_erasure, test_demo_job)
 
 

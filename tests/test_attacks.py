@@ -124,7 +124,7 @@ def test_adversarial_mode_runs_its_steps_and_says_which_mode_ran(demo):
                                                     steps=4, check_every=2, resolution=64, num_samples=4,
                                                     sample_steps=4))
     meta = erasure.metadata
-    assert meta.config["erase_mode"] == "adversarial" and meta.stop == "steps"
+    assert meta.config.erase_mode == "adversarial" and meta.stop == "steps"
     assert meta.stopped.startswith("ran all 4 steps") and "the adversary's" in meta.stopped
     assert "WARNING" not in meta.stopped
     kv = erase(denoiser, concepts, EraseConfig(erase_mode="adversarial", steps=2, check_every=2, resolution=64,

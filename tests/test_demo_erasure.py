@@ -60,7 +60,7 @@ def test_the_defaults_stop_by_the_measure_and_the_demo_draws_no_circles(demo):
     text, targets, keep = demo_prompts("circle", "")
     erasure = erase(denoiser, parse_concept_text(text), EraseConfig(**DEMO))
     stopped = erasure.metadata.stopped
-    assert erasure.metadata.stop == "erase_until" and erasure.metadata.config["erase_until"] == 1.1, stopped
+    assert erasure.metadata.stop == "erase_until" and erasure.metadata.config.erase_until == 1.1, stopped
     assert erasure.metadata.history[-1].step <= 200, stopped
     after = shapes_seen(demo, [t for t, _ in targets], erasure)
     assert after.count("circle") <= 1, after

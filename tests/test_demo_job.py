@@ -46,7 +46,7 @@ def test_main_job_erases_circle_in_comfyui(tmp_path):
     grid = Image.open(out / "grid.png")
     assert grid.width > 12 * 96 and grid.height > 10 * 96
     saved = Erasure.load(out / "erasure.safetensors").metadata  # the run's own file, readable
-    assert (saved.stopped, saved.config["steps"]) == (report["stopped"], JobOptions().steps)
+    assert (saved.stopped, saved.config.steps) == (report["stopped"], JobOptions().steps)
 
 
 def test_main_job_with_a_users_checkpoint(tmp_path):

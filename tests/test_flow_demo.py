@@ -77,7 +77,7 @@ def test_the_defaults_erase_circles_and_keep_the_other_shapes_and_stop_by_the_me
     targets = [t for t, _ in targets]
     before = shapes_seen(flow, targets).count("circle")
     erasure = erase(denoiser, parse_concept_text(text), EraseConfig(**FLOW_DEMO))
-    assert erasure.metadata.stop == "erase_until" and erasure.metadata.config["erase_until"] == 1.2
+    assert erasure.metadata.stop == "erase_until" and erasure.metadata.config.erase_until == 1.2
     after = shapes_seen(flow, targets, erasure)
     assert before >= len(targets) * len(SEEDS) - 1, before  # the original draws circles
     assert after.count("circle") <= 2, after  # the SD demo's bound (8 images)

@@ -76,7 +76,7 @@ def test_keep_prompts_predict_exactly_as_before_and_the_target_moves(patterns):
     assert (_predictions(patterns, keep, off) - before[: len(keep)]).abs().max() > 1e-3
     assert off.metadata.keep_projection.status == Projection.OFF
     # guidance_eta auto: 0.5 where the projection is applied (its target words would overshoot at 1), else ESD's 1
-    assert (on.metadata.config["guidance_eta"], off.metadata.config["guidance_eta"]) == (0.5, 1.0)
+    assert (on.metadata.config.guidance_eta, off.metadata.config.guidance_eta) == (0.5, 1.0)
 
 
 def test_a_target_whose_words_are_all_kept_falls_back_to_the_keep_loss_and_says_so(patterns):

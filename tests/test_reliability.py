@@ -514,10 +514,9 @@ def test_file_with_other_tensor_shapes_or_nan_is_refused_not_silently_unapplied(
 
 @pytest.mark.slow  # the node's 30 critic warm-up steps; test_trainer checks 32 px with one
 def test_variational_divergence_trains_at_the_nodes_smallest_resolution(pack_nodes, sd15_model, sd15_clip):
-    from helpers import load_concepts, unlearn
+    from helpers import load_concepts, unlearn, untrained
 
     concepts, _ = load_concepts(pack_nodes, "a red circle -> a red shape")
     _, erasure, _ = unlearn(pack_nodes, sd15_model, sd15_clip, concepts, divergence="variational_kl", resolution=32,
                             steps=1, anchor_samples=1, sample_steps=1)
-    assert any(erasure.delta(n).abs().sum() > 0 for n in erasure.names)
-    assert all(torch.isfinite(erasure.delta(n)).all() for n in erasure.names)
+    assert untrained(erasure) == []

@@ -4,7 +4,8 @@ The header holds it as JSON under ``divergence_unlearn`` (with the tensors' ``na
 :mod:`.erasure` reads itself). Format 2 names every field; files of format 1 (no ``format`` field: the
 pack before this record was typed) stored the step records as positional rows and the keep projection as one
 sentence, and are read into the same record. Top-level fields a newer writer added are kept in ``extra`` and written
-back; a file of a newer format is refused with a message that says so.
+back, as is a config whose settings are not today's :class:`~unlearn_core.config.EraseConfig` (``config`` is then
+None); a file of a newer format is refused with a message that says so.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from enum import Enum
 from typing import Any
 
 from . import __version__
+from .config import EraseConfig
+from .settings import check
 
 LIBRARY = "divergence-unlearn"
 FORMAT = 2
@@ -99,7 +102,7 @@ class ErasureMetadata:
     prediction_type: str = ""
     fingerprint: str = ""  # of the original weights of the trained tensors (erasure.fingerprint)
     concepts: dict = field(default_factory=dict)  # ConceptSet.to_dict()
-    config: dict = field(default_factory=dict)  # the resolved EraseConfig's fields (no "auto" left)
+    config: EraseConfig | None = None  # the resolved config it ran (no "auto" left); None: unrecorded or another
     sigma_auto: bool = False  # sigma was calibrated (the setting was 0)
     seconds: float | None = None
     history: list[StepRecord] = field(default_factory=list)
@@ -120,7 +123,8 @@ class ErasureMetadata:
         """The header's form (format 2): step records as columns, enums as their values."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("history", "extra")}
         projection = self.keep_projection
-        out.update(stop=self.stop.value if self.stop else None,
+        out.update(config=asdict(self.config) if self.config is not None else self.extra.get("config"),
+                   stop=self.stop.value if self.stop else None,
                    keep_projection=dict(asdict(projection), status=projection.status.value,
                                         target_shares=list(projection.target_shares)),
                    history={name: [getattr(r, name) for r in self.history] for name in STEP_FIELDS})
@@ -145,10 +149,14 @@ class ErasureMetadata:
                 raise MalformedMetadata(f"metadata field {key!r} is a {type(value).__name__}")
         if (raw.get("key_format") or "") not in ("", "ldm", "diffusers"):
             raise MalformedMetadata("metadata field 'key_format' is neither 'ldm' nor 'diffusers'")
-        values = {k: v for k, v in ((k, raw.pop(k)) for k in list(raw) if k in known) if v is not None}
+        known_raw = {k: raw.pop(k) for k in list(raw) if k in known}
+        values = {k: v for k, v in known_raw.items() if v is not None}
         values["history"] = _step_records(values.get("history", []))
         values["stop"] = _enum(Stop, values.get("stop"), "stop")
         values["keep_projection"] = ProjectionRecord.from_json(values.get("keep_projection", {}))
+        values["config"] = _erase_config(values.get("config"))
+        if "config" in known_raw and values["config"] is None:
+            raw["config"] = known_raw["config"]  # settings of another version: kept as they were
         return cls(**values, extra=raw)
 
 
@@ -197,6 +205,19 @@ def _step_records(history: list | dict) -> list[StepRecord]:
         row = {k: _number(v) for k, v in row.items()}
         records.append(StepRecord(**{"step": 0, "loss": None, "mean_s": None, **row}))
     return records
+
+
+def _erase_config(recorded: dict | None) -> EraseConfig | None:
+    """The recorded settings as an EraseConfig where they are exactly today's settings, each accepted; else None."""
+    names = {f.name for f in fields(EraseConfig)}
+    if not recorded or set(recorded) != names:
+        return None
+    config = EraseConfig(**recorded)
+    try:
+        check(config)
+    except ValueError:
+        return None
+    return config
 
 
 def _enum(kind: type[Enum], value: Any, name: str):

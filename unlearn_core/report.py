@@ -165,7 +165,7 @@ def measure(denoiser: Denoiser, erasure: Erasure, concepts: ConceptSet, resoluti
     probe_set = Probes(denoiser, predict, concepts.prompt_pairs(), list(concepts.keep),
                        encode_all(denoiser, concepts, resolution), probes, resolution,
                        torch.Generator().manual_seed(seed),  # built on the original network: no deltas yet
-                       target_mode=config.get("target_mode") if config.get("target_mode") in TARGET_MODES else None,
-                       eta=float(config.get("guidance_eta", 1.0)), erase_from=config.get("erase_from") or "")
+                       target_mode=config.target_mode if config else None,  # no aim known: "moved" only
+                       eta=config.guidance_eta if config else 1.0, erase_from=config.erase_from if config else "")
     with injection:
         return probe_set.measure(predict)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Callable
 
@@ -477,7 +477,7 @@ class Eraser:
             prediction_type=self.denoiser.prediction_type,
             fingerprint=fingerprint(originals),
             concepts=self.concepts.to_dict(),
-            config=asdict(self.config),  # every auto value resolved
+            config=replace(self.config),  # every auto value resolved
             sigma_auto=self.sigma_auto,
             seconds=round(seconds, 2),
             history=[step_record(h) for h in history],
