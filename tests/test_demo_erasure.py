@@ -8,6 +8,7 @@ import pytest
 
 from helpers import SEEDS, shapes_seen
 from unlearn_core.concepts import parse_concept_text
+from unlearn_core.injection import DeltaInjection
 from unlearn_demo.main_job import demo_prompts
 from unlearn_demo.model import DemoDenoiser, DemoModel, load_classifier
 from unlearn_core.report import measure
@@ -67,3 +68,24 @@ def test_the_defaults_stop_by_the_measure_and_the_demo_draws_no_circles(demo):
     kept = shapes_seen(demo, keep, erasure)
     wanted = [p.split()[2] for p in keep] * len(SEEDS)
     assert sum(k == w for k, w in zip(kept, wanted)) >= 0.75 * len(wanted), list(zip(kept, wanted))
+
+
+def test_the_defaults_erase_red_whose_anchor_drops_a_word(demo):
+    """The shapes domain's hardest concept ("a red circle -> a circle": the anchor drops the word, and the anchors'
+    own images are red 30 % of the time): the defaults still stop by the measure, and red is about as gone as its
+    anchors allow (benchmarks/results/defaults_all_domains.md: 69 % gone of a 70 % ceiling; here, with the demo's
+    10 sampling steps for the pool, it settles at step 80)."""
+    model, denoiser, clf = demo
+    text, targets, _ = demo_prompts("red", "")
+    targets = [t for t, _ in targets]
+    erasure = erase(denoiser, parse_concept_text(text), EraseConfig(**DEMO))
+    assert erasure.metadata.stop in ("erase_until", "settled"), erasure.metadata.stopped  # by the measure, not the cap
+
+    def colours(scale: float) -> list[str]:
+        with DeltaInjection(denoiser.net, erasure.names, lambda n: scale * erasure.delta(n)):
+            images = [model.generate(targets, seed=seed, denoiser=denoiser) for seed in SEEDS]
+        return [c for batch in images for c in clf.predict(batch)["color"]]
+
+    before, after = colours(0.0), colours(1.0)
+    assert before.count("red") == len(before), before
+    assert after.count("red") <= len(after) // 2, after  # measured: 3 of 8
