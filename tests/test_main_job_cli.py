@@ -39,8 +39,9 @@ def _python(*args: str) -> subprocess.CompletedProcess:
     (dict(resolution=60), "--resolution 60: must be a multiple of 8"),
     (dict(concept="dog"), "--concept 'dog' is not a demo attribute"),
     (dict(ckpt="/nonexistent/model.safetensors", prompts=["a dog"]), "expected an existing .safetensors"),
-    (dict(family="sdxl"), "--family 'sdxl': choose one of sd, flux"),
-    (dict(family="flux", ckpt="model.safetensors", prompts=["a dog"]), "--family flux runs the flow demo model"),
+    (dict(family="sdxl"), "--family 'sdxl': choose one of sd, sd_contextual, flux"),
+    (dict(family="flux", ckpt="model.safetensors", prompts=["a dog"]), "--family flux runs a demo model"),
+    (dict(family="sd_contextual", ckpt="model.safetensors", prompts=["a dog"]), "--family sd_contextual runs a demo"),
 ])
 def test_every_option_is_checked_with_a_message_naming_it(options, message):
     with pytest.raises(ValueError) as info:

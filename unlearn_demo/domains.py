@@ -5,8 +5,10 @@
 two scored attributes, its concepts, its model, engine adapter, classifier and erasure prompts.
 ``DOMAINS["contextual"]`` is the pattern domain drawn by the same UNet with a contextual text encoder (a small
 causal transformer, :mod:`unlearn_demo.contextual_text`) instead of word rows: every conditioning row mixes the
-words before it, as CLIP's do; the pattern classifier reads it. ``DOMAINS["flow"]`` is the shapes domain drawn by the flow demo model (a small rectified-flow transformer
-in Flux's layout), read by the demo's classifier.
+words before it, as CLIP's do; the pattern classifier reads it. ``DOMAINS["clip_shapes"]`` is the shapes domain
+drawn by the demo UNet fine-tuned with a contextual encoder in CLIP-L's own layout (:mod:`unlearn_demo.clip_text`),
+so that its checkpoint loads in ComfyUI with the mixing intact. ``DOMAINS["flow"]`` is the shapes domain drawn by
+the flow demo model (a small rectified-flow transformer in Flux's layout), read by the demo's classifier.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from unlearn_core.denoiser import Denoiser
 
 from .classifier import AttributeClassifier
 from .flow_model import FlowDemoDenoiser, FlowDemoModel
-from .model import WEIGHTS, DemoDenoiser, DemoModel, load_classifier
+from .model import CLIP_SHAPES_WEIGHTS, WEIGHTS, DemoDenoiser, DemoModel, load_classifier
 from .pattern_model import (CONTEXTUAL_WEIGHTS, PATTERN_WEIGHTS, RESOLUTION, PatternDenoiser, PatternModel,
                             pattern_prompts)
 from .patterns import PATTERNS, SCALES
@@ -74,6 +76,9 @@ DOMAINS = {
     "contextual": Domain("contextual", {"pattern": PATTERNS, "scale": SCALES}, RESOLUTION, PATTERN_WEIGHTS,
                          lambda: PatternModel.load(CONTEXTUAL_WEIGHTS), PatternDenoiser, pattern_prompts,
                          lambda model, prompts, seed: model.sample_latents(prompts, seed=seed)),
+    "clip_shapes": Domain("clip_shapes", {"shape": SHAPES, "color": COLORS}, 64, WEIGHTS,
+                          lambda: DemoModel.load(CLIP_SHAPES_WEIGHTS), DemoDenoiser, _shape_prompts,
+                          lambda model, prompts, seed: model.encode(model.generate(prompts, seed=seed))),
     "flow": Domain("flow", {"shape": SHAPES, "color": COLORS}, 64, WEIGHTS, FlowDemoModel.load, FlowDemoDenoiser,
                    _shape_prompts, lambda model, prompts, seed: model.sample_latents(prompts, seed=seed)),
 }

@@ -15,7 +15,9 @@ back through ComfyUI's SaveImage; the shipped attribute classifier reads them. I
 With ``--family flux`` the same graph runs on the flow demo (a small rectified-flow transformer in Flux's
 layout, :mod:`unlearn_demo.flow_model`), which the demo's own node Load Flow Demo Model gives as a ComfyUI Flux
 MODEL; CLIP and VAE still come from the demo checkpoint, and the images are drawn with Euler (flow matching's
-sampler). It needs a ComfyUI with Flux (COMFYUI_PATH; the bundled 2024 host predates Flux).
+sampler). It needs a ComfyUI with Flux (COMFYUI_PATH; the bundled 2024 host predates Flux). With
+``--family sd_contextual`` it runs on the shapes demo whose CLIP-L mixes the prompt (two contextual layers,
+:mod:`unlearn_demo.clip_text`): every row of a prompt's conditioning depends on the words before it.
 
 With ``--ckpt`` (your own SD1.x/SDXL checkpoint) and ``--prompt``/``--keep`` it runs the same graph
 on that model; the report then has the images and the prediction-space numbers, no classifier.
@@ -51,6 +53,7 @@ from unlearn_core.targets import TARGET_MODES
 from unlearn_core.trainer import EraseConfig, divergence_names
 
 from .assemble import CHECKPOINT_NAME, write_checkpoint
+from .model import CLIP_SHAPES_WEIGHTS, WEIGHTS
 from .headless import (ComfyError, ComfyServer, MissingRequirements, check_host_requirements, host_has_flux,
                        host_label, prepare_host, use_cpu)
 from .progress import JobProgress
@@ -78,7 +81,7 @@ class JobOptions:
     keep: list[str] = field(default_factory=list)
     resolution: int = 64
     cpu: bool = False  # run ComfyUI on the CPU even when there is a GPU
-    family: str = "sd"  # the demo model: "sd" (SD1.5-layout UNet) or "flux" (Flux-layout flow transformer)
+    family: str = "sd"  # the demo model: "sd" (SD1.5 layout), "sd_contextual" (its CLIP mixes words), "flux"
 
     @property
     def demo(self) -> bool:
@@ -114,7 +117,9 @@ RANGES = {"seeds": ("--seeds", 1, 4096), "sample_steps": ("--sample-steps", 1, 1
           "seed": ("--seed", 0, 0xFFFFFFFF)}
 QUICK = {"steps": 10, "seeds": 1, "sample_steps": 4}  # --quick: every node of the graph, a fraction of the work
 # --family -> the images' (sampler, scheduler): DDIM for the UNet; Euler, flow matching's own, for the transformer
-FAMILIES = {"sd": ("ddim", "ddim_uniform"), "flux": ("euler", "simple")}
+FAMILIES = {"sd": ("ddim", "ddim_uniform"), "sd_contextual": ("ddim", "ddim_uniform"), "flux": ("euler", "simple")}
+# --family -> the folder of the demo checkpoint's parts (the flow demo takes CLIP and VAE from the shapes demo's)
+DEMO_PARTS = {"sd": WEIGHTS, "sd_contextual": CLIP_SHAPES_WEIGHTS, "flux": WEIGHTS}
 def check_options(opts: JobOptions) -> None:
     """Raise ValueError naming the first bad option and what it accepts; nothing has started yet."""
     for s in declared(EraseConfig):
@@ -129,10 +134,10 @@ def check_options(opts: JobOptions) -> None:
         raise ValueError(f"--resolution {opts.resolution}: must be a multiple of 8 (latents are 1/8 of the image)")
     if opts.family not in FAMILIES:
         raise ValueError(f"--family {opts.family!r}: choose one of {', '.join(FAMILIES)}")
+    if opts.family != "sd" and not opts.demo:
+        raise ValueError(f"--family {opts.family} runs a demo model; with --ckpt the model is your checkpoint: "
+                         "leave --family out")
     if opts.family == "flux":
-        if not opts.demo:
-            raise ValueError("--family flux runs the flow demo model; with --ckpt the model is your checkpoint: "
-                             "leave --family out")
         if not host_has_flux():
             raise ValueError(f"--family flux needs a ComfyUI that has Flux (August 2024 or later); {host_label()} "
                              "has none: point COMFYUI_PATH at a current ComfyUI checkout")
@@ -269,7 +274,8 @@ def grid(prompts: list[str], before: list[list[Image.Image]], after: list[list[I
 
 
 def markdown(opts: JobOptions, result: dict) -> str:
-    model = "the flow demo model (Flux layout)" if opts.family == "flux" else "the demo model"
+    model = {"flux": "the flow demo model (Flux layout)",
+             "sd_contextual": "the demo model with a contextual CLIP"}.get(opts.family, "the demo model")
     lines = [f"# Erasing '{opts.concept}' from {model}" if opts.demo else "# Erasure report",
              "", f"Host: {result['host']}. Divergence {opts.divergence} ({opts.target_mode}), at most {opts.steps} "
              f"steps: {result['stopped']}; "
@@ -318,7 +324,7 @@ def run(opts: JobOptions, out: Path, workdir: Path | None = None, timeout: float
         root = prepare_host(tmp)
         checkpoints = root / "models" / "checkpoints"
         if opts.demo:
-            ckpt_name = write_checkpoint(checkpoints).name
+            ckpt_name = write_checkpoint(checkpoints, DEMO_PARTS[opts.family]).name
         else:
             src = Path(opts.ckpt).expanduser().resolve()
             (checkpoints / src.name).symlink_to(src)
@@ -383,8 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=d.seed,
                    help="seed of the erasure and of the images (default: %(default)s)")
     p.add_argument("--family", default=d.family, choices=tuple(FAMILIES),
-                   help="the demo model: sd (SD1.5-layout UNet) or flux (Flux-layout flow transformer; needs a "
-                        "ComfyUI with Flux, COMFYUI_PATH) (default: %(default)s)")
+                   help="the demo model: sd (SD1.5-layout UNet), sd_contextual (the same shapes, with a CLIP-L whose "
+                        "layers mix the prompt), or flux (Flux-layout flow transformer; needs a ComfyUI with Flux, "
+                        "COMFYUI_PATH) (default: %(default)s)")
     p.add_argument("--ckpt", default=None, help="your own SD1.x/SDXL .safetensors checkpoint instead of the demo")
     p.add_argument("--prompt", action="append", default=[], help="with --ckpt: a prompt showing the concept (repeat)")
     p.add_argument("--keep", action="append", default=[], help="with --ckpt: a prompt to preserve (repeat)")

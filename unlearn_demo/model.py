@@ -25,6 +25,7 @@ from .text import WordEncoder
 from .tiny_vae import TinyAutoencoder
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
+CLIP_SHAPES_WEIGHTS = WEIGHTS.parent / "weights_clip_shapes"  # the shapes demo with a contextual CLIP (clip_text.py)
 LATENT_SIZE = 8  # 64-pixel images
 
 
@@ -61,6 +62,10 @@ def load_unet_and_words(folder: Path, parts: tuple[str, ...], train_command: str
         from .contextual_text import ContextualEncoder
 
         words = ContextualEncoder(meta["token_ids"], meta["width"], meta["layers"], meta["heads"])
+    elif meta.get("encoder") == "clip_layers":
+        from .clip_text import ClipLayersEncoder
+
+        words = ClipLayersEncoder(meta["token_ids"], meta["layers"], meta["mlp"])
     else:
         words = WordEncoder(meta["token_ids"])
     words.load_state_dict(state)

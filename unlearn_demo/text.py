@@ -62,6 +62,10 @@ class WordEncoder(nn.Module):
     def forward(self, prompts: list[str], learnt: tuple[str, torch.Tensor] | None = None) -> torch.Tensor:
         return F.layer_norm(self.embed(prompts, learnt), (WIDTH,), eps=1e-5)
 
+    def clip_l_layers(self) -> dict[str, torch.Tensor]:
+        """CLIP-L's tensors besides the token table that this encoder sets: none (identity layers, zero positions)."""
+        return {}
+
     def token_embedding(self) -> torch.Tensor:
         """CLIP-L's full token table [49408, 768]: our rows at their ids, zeros elsewhere."""
         full = torch.zeros(VOCAB_SIZE, WIDTH)
@@ -69,8 +73,10 @@ class WordEncoder(nn.Module):
         return full
 
 
-def clip_l_state_dict(token_embedding: torch.Tensor, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
-    """Every tensor of an SD1 checkpoint's CLIP-L, with identity layers (ComfyUI leaves missing ones uninitialised)."""
+def clip_l_state_dict(token_embedding: torch.Tensor, layers: dict[str, torch.Tensor] | None = None,
+                      dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """Every tensor of an SD1 checkpoint's CLIP-L: identity layers (ComfyUI leaves missing ones uninitialised), except
+    the tensors ``layers`` gives (names under ``text_model.``, e.g. a contextual encoder's first layers)."""
     def zeros(*shape):
         return torch.zeros(shape, dtype=dtype)
 
@@ -87,4 +93,8 @@ def clip_l_state_dict(token_embedding: torch.Tensor, dtype: torch.dtype = torch.
         sd.update({f"{layer}mlp.fc1.weight": zeros(MLP_WIDTH, WIDTH), f"{layer}mlp.fc1.bias": zeros(MLP_WIDTH),
                    f"{layer}mlp.fc2.weight": zeros(WIDTH, MLP_WIDTH), f"{layer}mlp.fc2.bias": zeros(WIDTH),
                    **norm(f"{layer}layer_norm1"), **norm(f"{layer}layer_norm2")})
+    unknown = set(layers or {}) - set(sd)
+    if unknown:
+        raise KeyError(f"not CLIP-L tensors: {sorted(unknown)[:3]}")
+    sd.update({k: v.to(dtype) for k, v in (layers or {}).items()})
     return {PREFIX + k: v for k, v in sd.items()}

@@ -77,13 +77,15 @@ def train_denoiser(latents: torch.Tensor, caption_of: Callable[[int, np.random.G
                    token_ids: dict[str, int], steps: int, batch_size: int, width: int, device: str,
                    rng: np.random.Generator, log: dict, alphas_cumprod: torch.Tensor | None = None,
                    prediction_type: str = "epsilon", peak_lr: float = 5e-4, context_tokens: int = CONTEXT_LENGTH,
-                   words: WordEncoder | None = None):
+                   words: WordEncoder | None = None, unet: SlimUNet | None = None):
     """The slim UNet and text encoder on ``latents`` (epsilon or v objective); ``caption_of(i, rng)`` captions latent i.
 
     ``context_tokens``: the UNet sees the first that many token rows of the conditioning (77: all). ``words``: the
-    text encoder to train with it (default: word rows of ``token_ids``).
+    text encoder to train with it (default: word rows of ``token_ids``). ``unet``: a trained UNet to fine-tune
+    instead of a new one of ``width``.
     """
-    unet = SlimUNet(width=width, hidden=4 * width, time_hidden=4 * width, latent_channels=latents.shape[1]).to(device)
+    unet = (unet or SlimUNet(width=width, hidden=4 * width, time_hidden=4 * width,
+                             latent_channels=latents.shape[1])).to(device)
     words = (words or WordEncoder(token_ids)).to(device)
     ema = copy.deepcopy(unet).requires_grad_(False)
     params = list(unet.parameters()) + list(words.parameters())
