@@ -77,11 +77,13 @@ def call_node(nodes_module, name: str, **inputs):
     import torch
 
     cls = nodes_module.NODE_CLASS_MAPPINGS[name]
-    function = getattr(cls(), cls.FUNCTION)
+    # a V3 node (the pack's, on any host) runs its execute, a V1 node its FUNCTION
+    function = cls.execute if hasattr(cls, "define_schema") else getattr(cls(), cls.FUNCTION)
     params = inspect.signature(function).parameters
     takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     with torch.inference_mode():
-        return function(**{k: v for k, v in inputs.items() if takes_all or k in params})
+        out = function(**{k: v for k, v in inputs.items() if takes_all or k in params})
+    return out.args if hasattr(out, "args") else out  # a V3 NodeOutput's values, or a V1 tuple
 
 
 def node_defaults(cls) -> dict:
