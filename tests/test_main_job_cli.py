@@ -68,6 +68,7 @@ def test_family_flux_asks_for_a_comfyui_with_flux_before_anything_starts(tmp_pat
 
 def test_the_check_accepts_every_registered_divergence_and_the_defaults():
     check_options(JobOptions())
+    check_options(JobOptions(family="sd_contextual"))  # the demo whose CLIP mixes the prompt: any host
     for name in divergence_names():
         check_options(JobOptions(divergence=name))
 
