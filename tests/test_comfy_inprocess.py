@@ -72,6 +72,25 @@ def test_unlearn_returns_erased_clone_and_leaves_input_untouched(pack_nodes, sd1
     assert all(".attn2.to_" in n for n in erasure.names)
 
 
+def test_a_run_that_hits_the_cap_says_so_on_the_nodes_chart_and_console(pack_nodes, sd15_model, sd15_clip, capsys):
+    """erase_until out of reach in 3 steps: the run ends on the cap, and the node says so (a warning in red on its
+    loss chart, and on the console), where a run asked for exactly its steps says nothing of the kind."""
+    concepts, _ = load_concepts(pack_nodes, "a red circle -> a red shape")
+    _, capped, capped_chart = unlearn(pack_nodes, sd15_model, sd15_clip, concepts, steps=3, erase_until=5.0)
+    capped_console = capsys.readouterr().out
+    _, plain, plain_chart = unlearn(pack_nodes, sd15_model, sd15_clip, concepts, steps=3, erase_until=0.0)
+
+    def warning_pixels(chart: torch.Tensor) -> int:
+        """Red pixels in the band under the title, where the chart writes a warning (the panels start below it)."""
+        band = chart[0, 16:24] * 255
+        return int((band[..., 0] - band[..., 1] > 80).sum())
+
+    assert capped.metadata.capped and not plain.metadata.capped
+    assert warning_pixels(capped_chart) > 100 and warning_pixels(plain_chart) == 0
+    assert "WARNING: erase_until 500% not reached in 3 steps" in capped_console
+    assert "WARNING" not in capsys.readouterr().out
+
+
 def test_robustness_probe_attacks_an_erasure_in_the_host(pack_nodes, sd15_model, sd15_clip):
     """The probe learns a soft prompt through the host's UNet (under inference mode, as the executor runs it)."""
     concepts, _ = load_concepts(pack_nodes, "a red circle -> a red shape\nkeep: a blue square")
