@@ -37,7 +37,7 @@ from unlearn_core.schedule import ddim_sample
 from unlearn_core.trainer import EraseConfig, erase
 from unlearn_demo.domains import DOMAINS
 
-CONCEPTS = {"shapes": "circle", "patterns": "dots", "contextual": "dots", "flow": "circle"}
+CONCEPTS = {"shapes": "circle", "patterns": "dots", "contextual": "dots", "clip_shapes": "circle", "flow": "circle"}
 MODES = {"plain": {}, "adversarial": {"erase_mode": "adversarial", "parameter_set": "non_cross_attn"}}
 IMAGES = 32  # attacked images read per attack (rounded up to whole seeds of the target prompts)
 
