@@ -16,8 +16,9 @@ from .unlearn_node import DivergenceUnlearn  # noqa: E402
 
 NODES = (LoadConceptSet, DivergenceUnlearn, ApplyErasedUNet, SaveErasure, ErasureReport, RobustnessProbe)
 # Node ids (in each schema) are part of every saved workflow: never rename them.
-NODE_CLASS_MAPPINGS = {node.define_schema().node_id: node for node in NODES}
-NODE_DISPLAY_NAME_MAPPINGS = {node.define_schema().node_id: node.define_schema().display_name for node in NODES}
+SCHEMAS = [node.define_schema() for node in NODES]  # once: Load Concept Set's lists the concept_sets folder
+NODE_CLASS_MAPPINGS = {schema.node_id: node for node, schema in zip(NODES, SCHEMAS)}
+NODE_DISPLAY_NAME_MAPPINGS = {schema.node_id: schema.display_name for schema in SCHEMAS}
 
 if HAS_V3_API:
     from comfy_api.latest import ComfyExtension
